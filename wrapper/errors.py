@@ -1,0 +1,87 @@
+"""Exception types that carry a user-facing message and a documented exit code.
+
+Every failure the user can cause or fix is one of these. The CLI prints ``str(error)`` as one line
+(plus the hint, if any) and exits with ``error.exit_code``; ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+
+class ExitCode:
+    """Documented exit codes (README, ``--help``)."""
+
+    OK = 0
+    UNEXPECTED = 1
+    USAGE = 2
+    AUTH = 3
+    NOT_FOUND = 4
+    REGISTRY = 5
+    CONTAINERD = 6
+    SOCI = 7
+    NOTHING_TO_INDEX = 8
+    MISSING_DEPENDENCY = 9
+    INTERRUPTED = 130
+
+
+class WrapperError(Exception):
+    """Base class: a failure with a message meant for the user."""
+
+    exit_code: int = ExitCode.UNEXPECTED
+
+    def __init__(self, message: str, *, hint: str | None = None, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        # Extra diagnostic text (a daemon's log tail, a command's stderr); shown under the message.
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} ({self.hint})"
+
+
+class UsageError(WrapperError):
+    """Bad input: an invalid reference, digest, flag combination or value."""
+
+    exit_code = ExitCode.USAGE
+
+
+class AuthError(WrapperError):
+    """The registry (or AWS) refused the credentials, or none could be found."""
+
+    exit_code = ExitCode.AUTH
+
+
+class NotFoundError(WrapperError):
+    """A repository, tag, manifest, blob or platform does not exist."""
+
+    exit_code = ExitCode.NOT_FOUND
+
+
+class RegistryError(WrapperError):
+    """The registry is unreachable, answered with an error, or spoke something we do not accept."""
+
+    exit_code = ExitCode.REGISTRY
+
+
+class ContainerdError(WrapperError):
+    """containerd could not be started, reached, or refused a request."""
+
+    exit_code = ExitCode.CONTAINERD
+
+
+class SociError(WrapperError):
+    """The soci binary failed."""
+
+    exit_code = ExitCode.SOCI
+
+
+class NothingToIndexError(SociError):
+    """No layer of the image is large enough to get a zTOC."""
+
+    exit_code = ExitCode.NOTHING_TO_INDEX
+
+
+class MissingDependencyError(WrapperError):
+    """A required program (containerd, soci, ...) is not installed or not usable."""
+
+    exit_code = ExitCode.MISSING_DEPENDENCY
