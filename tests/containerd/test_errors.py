@@ -1,0 +1,150 @@
+"""gRPC failures become the project's exceptions with one-line messages (real sockets, real daemon)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from wrapper.containerd.channel import Connection
+from wrapper.containerd.client import ContainerdClient
+from wrapper.containerd.daemon import ManagedContainerd
+from wrapper.errors import ContainerdError, NotFoundError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_socket_that_does_not_exist(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.sock"
+    with ContainerdClient(f"unix://{missing}", timeout=5) as client, pytest.raises(ContainerdError) as info:
+        client.version.get()
+    assert str(info.value) == f"cannot reach containerd at {missing}: the socket does not exist"
+    assert "UNAVAILABLE" in (info.value.detail or "")
+
+
+def test_socket_nobody_listens_on(tmp_path: Path) -> None:
+    path = tmp_path / "dead.sock"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))  # bound but never listening: connections are refused
+        with ContainerdClient(str(path), timeout=5) as client, pytest.raises(ContainerdError) as info:
+            client.images.list()
+    assert (
+        str(info.value) == f"cannot reach containerd at {path}: connection refused (is the daemon running?)"
+    )
+
+
+@pytest.fixture
+def silent_server(tmp_path: Path) -> Iterator[Path]:
+    """A unix socket that accepts connections and never says anything."""
+    path = tmp_path / "silent.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen()
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield path
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    server.close()
+
+
+def test_deadline_exceeded(silent_server: Path) -> None:
+    with ContainerdClient(str(silent_server), timeout=0.5) as client, pytest.raises(ContainerdError) as info:
+        client.version.get()
+    assert str(info.value) == "containerd did not answer version.Version within 0.5s"
+
+
+def test_not_found_is_not_found_error(containerd_client: ContainerdClient) -> None:
+    with pytest.raises(NotFoundError) as info:
+        containerd_client.images.get("no/such:image")
+    assert "\n" not in str(info.value)
+    assert "no/such:image" in str(info.value)
+    with pytest.raises(NotFoundError):
+        containerd_client.content.info("sha256:" + "1" * 64)
+    assert containerd_client.content.status("no-such-ingest") is None
+
+
+def test_unimplemented_names_the_method(containerd: ManagedContainerd) -> None:
+    # The tasks service is disabled in our managed daemon's config.
+    conn = Connection(containerd.address, "default", timeout=5)
+    try:
+        call = conn.channel.unary_unary(
+            "/containerd.services.tasks.v1.Tasks/List",
+            request_serializer=lambda raw: raw,
+            response_deserializer=lambda raw: raw,
+        )
+        with pytest.raises(ContainerdError) as info:
+            conn.unary("tasks.List", call, b"")
+    finally:
+        conn.close()
+    assert str(info.value) == ("containerd does not implement tasks.List (plugin disabled or daemon too old)")
+
+
+def test_permission_denied_on_the_socket_mentions_root(containerd: ManagedContainerd) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to an unprivileged user")
+    setpriv = "/usr/bin/setpriv"
+    if not os.path.exists(setpriv):
+        pytest.skip("setpriv (util-linux) is not installed")
+    script = (
+        "import sys\n"
+        "from wrapper.containerd.client import ContainerdClient\n"
+        "from wrapper.errors import ContainerdError\n"
+        "try:\n"
+        "    ContainerdClient(sys.argv[1], timeout=5).version.get()\n"
+        "except ContainerdError as exc:\n"
+        "    print(str(exc))\n"
+    )
+    proc = subprocess.run(
+        [
+            setpriv,
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            script,
+            containerd.address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    if "Permission denied" in proc.stderr and "python" in proc.stderr.lower():
+        pytest.skip(f"the unprivileged user cannot run this Python: {proc.stderr.strip()[-200:]}")
+    assert proc.returncode == 0, proc.stderr
+    message = proc.stdout.strip()
+    assert message.count("\n") == 0
+    assert message.startswith(f"cannot reach containerd at {containerd.address}: permission denied")
+    assert "root" in message
+
+
+def test_rpc_error_without_status_is_still_mapped() -> None:
+    from wrapper.containerd.channel import map_rpc_error
+
+    error = map_rpc_error(grpc.RpcError(), method="x.Y", address="/nowhere", timeout=None)
+    assert isinstance(error, ContainerdError)
+    assert str(error) == "containerd x.Y failed: UNKNOWN: "

@@ -1,0 +1,122 @@
+"""The command line: parsing, the seed form, environment variables, one-line errors and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wrapper.cli import _normalise_argv, _resolve_index_reference, build_parser, parse_size
+from wrapper.errors import ExitCode, UsageError
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGEST = "sha256:" + "ab" * 32
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SOCI_WRAPPER_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "wrapper.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        input=stdin,
+        cwd=ROOT,
+        timeout=60,
+    )
+
+
+def parse(*args: str) -> argparse.Namespace:
+    return build_parser().parse_args(_normalise_argv(list(args)))
+
+
+def test_parse_size_units() -> None:
+    assert parse_size("10MiB") == 10 << 20
+    assert parse_size("4194304") == 4194304
+    assert parse_size("1g") == 1 << 30
+    assert parse_size("512 KiB") == 512 << 10
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_size("ten megs")
+
+
+def test_seed_form_maps_to_ecr_reference() -> None:
+    args = parse("--repo", "team/app", "--digest", DIGEST, "--region", "eu-west-1", "--account", "123456789012")
+    assert args.command == "index"
+    ref = _resolve_index_reference(args)
+    assert str(ref) == f"123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/app@{DIGEST}"
+
+
+def test_seed_form_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOCI_WRAPPER_REPO", "app")
+    monkeypatch.setenv("SOCI_WRAPPER_DIGEST", DIGEST)
+    monkeypatch.setenv("AWS_REGION", "cn-north-1")
+    monkeypatch.setenv("SOCI_WRAPPER_ACCOUNT", "123456789012")
+    ref = _resolve_index_reference(parse())
+    assert ref.registry == "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn"
+    # flags win over the environment
+    ref = _resolve_index_reference(parse("--region", "us-east-2"))
+    assert ref.registry == "123456789012.dkr.ecr.us-east-2.amazonaws.com"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--repo", "app", "--digest", DIGEST, "--account", "123456789012"),  # no region
+        ("--repo", "app", "--region", "eu-west-1", "--account", "123456789012"),  # no digest
+        ("index", "registry.example/app:1", "--repo", "app"),
+        ("index",),
+    ],
+)
+def test_incomplete_input_is_a_usage_error(args: tuple[str, ...], monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCOUNT_ID"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(UsageError):
+        _resolve_index_reference(parse(*args))
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--repo", "app", "--digest", "sha256:123", "--region", "eu-west-1", "--account", "123456789012"], "digest"),
+        (["--repo", "app", "--digest", DIGEST, "--region", "eu-west-1", "--account", "12345"], "account"),
+        (["--repo", "app", "--digest", DIGEST, "--region", "eu-west-1", "--account", "123456789012",
+          "--soci-version", "V2"], "--output-tag"),
+        (["index", "Not A Reference"], "reference"),
+        (["index", "registry.example/app:1", "--username", "u"], "--password-stdin"),
+        (["index", "registry.example/app:1", "--bogus-flag"], "bogus"),
+        (["index", "registry.example/app:1", "--platform", "linux"], "platform"),
+        (["index", "registry.example/app:1", "--min-layer-size", "lots"], "size"),
+        (["pull", "registry.example/app:1", "--platform", "linux/amd64", "--all-platforms"], "exclude"),
+    ],
+)
+def test_bad_input_gets_one_line_and_exit_2(args: list[str], needle: str) -> None:
+    proc = run_cli(*args, env={"AWS_REGION": "", "AWS_DEFAULT_REGION": ""})
+    assert proc.returncode == ExitCode.USAGE, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert needle.lower() in lines[0].lower()
+    assert proc.stdout == ""
+
+
+def test_json_error_object_on_stdout() -> None:
+    proc = run_cli("index", "registry.example/app:1", "--username", "u", "--json")
+    assert proc.returncode == ExitCode.USAGE
+    assert '"exit_code": 2' in proc.stdout
+
+
+def test_help_documents_exit_codes_and_environment() -> None:
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    for text in ("exit codes:", "SOCI_WRAPPER_REPO", "--repo", "index", "pull", "doctor"):
+        assert text in proc.stdout
+    proc = run_cli("index", "--help")
+    for text in ("--soci-version", "--output-tag", "--platform", "--all-platforms", "--span-size",
+                 "--min-layer-size", "--force", "--containerd-address", "--namespace", "--soci-bin",
+                 "--work-dir", "--keep-work-dir", "--username", "--password-stdin", "--json", "--quiet", "--debug"):
+        assert text in proc.stdout, text

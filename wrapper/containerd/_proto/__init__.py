@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for containerd (scripts/gen-protos.sh). Do not edit."""

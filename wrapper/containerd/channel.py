@@ -1,0 +1,179 @@
+"""The one gRPC channel to containerd: headers, deadlines and error mapping for every call.
+
+Every service module (content, images, ...) calls containerd through :class:`Connection`, so the
+namespace header, the lease header, the default deadline and the translation of ``grpc.RpcError`` into
+the project's exceptions live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from wrapper.errors import ContainerdError, NotFoundError, WrapperError
+
+NAMESPACE_HEADER = "containerd-namespace"
+LEASE_HEADER = "containerd-lease"
+
+# containerd answers with messages well under this, but Read streams and long lists can be large.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+_CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # A unix socket needs no HTTP proxy, and a restarting daemon should be retried quickly.
+    ("grpc.enable_http_proxy", 0),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+# Fragments of grpc-core's messages when the socket cannot be connected to at all.
+_CONNECT_FAILURES = (
+    "failed to connect",
+    "connection refused",
+    "no such file",
+    "socket closed",
+    "connect failed",
+)
+
+
+def socket_path(address: str) -> str:
+    """The filesystem path of a containerd address (``/run/x.sock`` or ``unix:///run/x.sock``)."""
+    for prefix in ("unix://", "unix:"):
+        if address.startswith(prefix):
+            return address[len(prefix) :]
+    return address
+
+
+def one_line(text: str) -> str:
+    """Collapse whitespace (including newlines) so a message prints as one line."""
+    return " ".join(text.split())
+
+
+def status_code(exc: grpc.RpcError) -> grpc.StatusCode:
+    """The status code of a failed call (UNKNOWN if the error carries none)."""
+    code = getattr(exc, "code", None)
+    value = code() if callable(code) else None
+    return value if isinstance(value, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+
+
+def status_details(exc: grpc.RpcError) -> str:
+    """The server's (or grpc-core's) error text, on one line."""
+    details = getattr(exc, "details", None)
+    value = details() if callable(details) else None
+    return one_line(str(value)) if value else ""
+
+
+def map_rpc_error(exc: grpc.RpcError, *, method: str, address: str, timeout: float | None) -> WrapperError:
+    """Translate a failed gRPC call into the project's exception with a one-line message."""
+    code = status_code(exc)
+    details = status_details(exc)
+    detail = f"{method}: {code.name}: {details}"
+    lowered = details.lower()
+
+    if code == grpc.StatusCode.UNAVAILABLE and any(f in lowered for f in _CONNECT_FAILURES):
+        return _unreachable(address, lowered, detail)
+    if code == grpc.StatusCode.UNAVAILABLE and "permission denied" in lowered:
+        return ContainerdError(
+            f"cannot reach containerd at {address}: permission denied on the socket",
+            hint="containerd's socket is only open to root; run as root",
+            detail=detail,
+        )
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return ContainerdError(
+            f"containerd refused {method}: permission denied ({details})",
+            hint="containerd's API needs root; run as root",
+            detail=detail,
+        )
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFoundError(f"not found in containerd: {details}", detail=detail)
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return ContainerdError(
+            f"containerd does not implement {method} (plugin disabled or daemon too old)", detail=detail
+        )
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        within = f" within {timeout:g}s" if timeout else ""
+        return ContainerdError(f"containerd did not answer {method}{within}", detail=detail)
+    if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT):
+        return ContainerdError(f"containerd rejected {method}: {details}", detail=detail)
+    if code == grpc.StatusCode.CANCELLED:
+        return ContainerdError(f"{method} was cancelled: {details}", detail=detail)
+    return ContainerdError(f"containerd {method} failed: {code.name}: {details}", detail=detail)
+
+
+def _unreachable(address: str, lowered: str, detail: str) -> ContainerdError:
+    try:
+        os.stat(address)
+        denied = "permission denied" in lowered
+    except FileNotFoundError:
+        return ContainerdError(
+            f"cannot reach containerd at {address}: the socket does not exist", detail=detail
+        )
+    except PermissionError:
+        denied = True
+    except OSError:
+        denied = False
+    if denied:
+        return ContainerdError(
+            f"cannot reach containerd at {address}: permission denied on the socket",
+            hint="containerd's socket is only open to root; run as root",
+            detail=detail,
+        )
+    if "connection refused" in lowered:
+        reason = "connection refused (is the daemon running?)"
+    else:
+        reason = "connection failed"
+    return ContainerdError(f"cannot reach containerd at {address}: {reason}", detail=detail)
+
+
+class Connection:
+    """A gRPC channel to one containerd socket, bound to a namespace (and optionally a lease).
+
+    ``timeout`` is the deadline of unary calls. Streams (Read, Write, List) have no overall deadline
+    because their length depends on the size of the data.
+    """
+
+    def __init__(self, address: str, namespace: str, *, timeout: float = 30.0) -> None:
+        self.address = os.path.abspath(socket_path(address))
+        self.namespace = namespace
+        self.timeout = timeout
+        # Set by ContainerdClient.lease(); sent with every call while set.
+        self.lease: str | None = None
+        self.channel = grpc.insecure_channel(f"unix://{self.address}", options=_CHANNEL_OPTIONS)
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The headers containerd reads on every call: namespace and, inside a lease, the lease id."""
+        headers = [(NAMESPACE_HEADER, self.namespace)]
+        if self.lease:
+            headers.append((LEASE_HEADER, self.lease))
+        return tuple(headers)
+
+    def error(self, exc: grpc.RpcError, method: str, *, timeout: float | None = None) -> WrapperError:
+        """Map ``exc`` from a call to ``method`` (e.g. ``content.Write``) to a project exception."""
+        return map_rpc_error(exc, method=method, address=self.address, timeout=timeout)
+
+    def unary(
+        self, method: str, func: Callable[..., Any], request: Any, *, timeout: float | None = None
+    ) -> Any:
+        """Call a unary RPC with our headers and deadline; failures become project exceptions."""
+        deadline = timeout if timeout is not None else self.timeout
+        try:
+            return func(request, metadata=self.metadata(), timeout=deadline)
+        except grpc.RpcError as exc:
+            raise self.error(exc, method, timeout=deadline) from None
+
+    def server_stream(self, method: str, func: Callable[..., Any], request: Any) -> Iterator[Any]:
+        """Iterate a server-streaming RPC; the call is cancelled if the caller stops early."""
+        call = func(request, metadata=self.metadata())
+        try:
+            yield from call
+        except grpc.RpcError as exc:
+            raise self.error(exc, method) from None
+        finally:
+            call.cancel()
+
+    def close(self) -> None:
+        self.channel.close()

@@ -1,0 +1,410 @@
+"""Run a private containerd for the duration of a command, or attach to one that is already running.
+
+A managed daemon keeps everything (config, root, state, socket, log) in one work directory, so it never
+touches the system's /var/lib/containerd or /run/containerd, and removing that directory leaves nothing
+behind.
+
+    with ManagedContainerd() as daemon:
+        client = ContainerdClient(daemon.address)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+import grpc
+from google.protobuf import empty_pb2
+
+from wrapper.containerd._proto import version_pb2_grpc
+from wrapper.containerd.channel import Connection, one_line, socket_path, status_details
+from wrapper.errors import ContainerdError, MissingDependencyError
+
+log = logging.getLogger(__name__)
+
+MISSING_MESSAGE = "containerd not found: install Debian's containerd package or run scripts/bootstrap.sh"
+
+# Longest path a unix socket can have on Linux (sun_path is 108 bytes including the final NUL).
+_MAX_SOCKET_PATH = 107
+# containerd also opens "<grpc address>.ttrpc".
+_TTRPC_SUFFIX = ".ttrpc"
+_POLL_INTERVAL = 0.02
+_LOG_TAIL_LINES = 20
+
+# Plugins we do not need: Kubernetes (CRI), running containers, snapshotters that only log errors here,
+# and "opt", which would create /opt/containerd. Content, metadata, leases, images, namespaces,
+# introspection, version, gc and the overlayfs/native snapshotters stay.
+DISABLED_PLUGINS = (
+    "io.containerd.grpc.v1.cri",
+    "io.containerd.grpc.v1.tasks",
+    "io.containerd.service.v1.tasks-service",
+    "io.containerd.runtime.v1.linux",
+    "io.containerd.runtime.v2.task",
+    "io.containerd.monitor.v1.cgroups",
+    "io.containerd.internal.v1.restart",
+    "io.containerd.internal.v1.opt",
+    "io.containerd.snapshotter.v1.aufs",
+    "io.containerd.snapshotter.v1.btrfs",
+    "io.containerd.snapshotter.v1.devmapper",
+    "io.containerd.snapshotter.v1.zfs",
+)
+
+
+def find_containerd(binary: str = "containerd") -> str | None:
+    """The full path of the containerd program (``binary`` may be a name or a path), or None."""
+    return shutil.which(binary)
+
+
+def containerd_binary_version(path: str) -> str:
+    """The version printed by ``containerd --version`` (e.g. ``1.6.20~ds1``)."""
+    try:
+        proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise MissingDependencyError(f"cannot run {path} --version: {exc}") from None
+    # "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3"
+    match = re.match(r"containerd\s+\S+\s+v?(\S+)", proc.stdout.strip())
+    if proc.returncode != 0 or not match:
+        output = one_line(proc.stdout + proc.stderr)[:200]
+        raise MissingDependencyError(f"{path} --version gave no containerd version: {output!r}")
+    return match.group(1)
+
+
+def render_config(*, root: Path, state: Path, address: str) -> str:
+    """A containerd config (version 2) that keeps all of the daemon's files in our work directory."""
+
+    def q(value: object) -> str:  # JSON string escapes are valid TOML basic strings
+        return json.dumps(str(value))
+
+    disabled = ", ".join(q(p) for p in DISABLED_PLUGINS)
+    return (
+        "# Written by soci-wrapper for a private containerd; removed when the daemon stops.\n"
+        "version = 2\n"
+        f"root = {q(root)}\n"
+        f"state = {q(state)}\n"
+        f"disabled_plugins = [{disabled}]\n"
+        "\n[grpc]\n"
+        f"  address = {q(address)}\n"
+        f"  max_recv_message_size = {16 * 1024 * 1024}\n"
+        f"  max_send_message_size = {16 * 1024 * 1024}\n"
+    )
+
+
+def _version_answers(address: str, timeout: float) -> grpc.RpcError | None:
+    """Call Version once on a fresh channel; None if it answered, else the error."""
+    conn = Connection(address, "default", timeout=timeout)
+    try:
+        version_pb2_grpc.VersionStub(conn.channel).Version(empty_pb2.Empty(), timeout=timeout)
+        return None
+    except grpc.RpcError as exc:
+        return exc
+    finally:
+        conn.close()
+
+
+class ManagedContainerd:
+    """A containerd daemon we start, own and stop, living entirely in ``work_dir``.
+
+    ``work_dir`` None means a new temporary directory. On stop, the work directory is removed (only the
+    files we created, if the directory existed before) unless ``keep_work_dir``.
+    """
+
+    def __init__(
+        self,
+        work_dir: Path | None = None,
+        *,
+        binary: str = "containerd",
+        keep_work_dir: bool = False,
+        start_timeout: float = 20.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self._requested_dir = Path(work_dir) if work_dir is not None else None
+        self._binary = binary
+        self.keep_work_dir = keep_work_dir
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self._work_dir: Path | None = None
+        self._created_work_dir = False
+        self._socket_dir: Path | None = None  # a short extra directory when work_dir is too deep
+        self._address: str | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+
+    # -- properties -------------------------------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """The daemon's gRPC socket path."""
+        if self._address is None:
+            raise ContainerdError("the managed containerd has not been started")
+        return self._address
+
+    @property
+    def work_dir(self) -> Path:
+        if self._work_dir is None:
+            raise ContainerdError("the managed containerd has not been started")
+        return self._work_dir
+
+    @property
+    def pid(self) -> int | None:
+        """The daemon's process id while it runs."""
+        if self._proc is None or self._proc.poll() is not None:
+            return None
+        return self._proc.pid
+
+    @property
+    def log_path(self) -> Path:
+        return self.work_dir / "containerd.log"
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the daemon and return once it answers Version; ContainerdError if it does not."""
+        if self._proc is not None:
+            raise ContainerdError("the managed containerd is already running")
+        binary = find_containerd(self._binary)
+        if binary is None:
+            if self._binary == "containerd":
+                raise MissingDependencyError(MISSING_MESSAGE)
+            raise MissingDependencyError(f"{MISSING_MESSAGE} (looked for {self._binary})")
+        try:
+            self._prepare_dirs()
+            self._spawn(binary)
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _prepare_dirs(self) -> None:
+        if self._requested_dir is None:
+            self._work_dir = Path(tempfile.mkdtemp(prefix="soci-wrapper-containerd-"))
+            self._created_work_dir = True
+        else:
+            self._work_dir = self._requested_dir.absolute()
+            self._created_work_dir = not self._work_dir.exists()
+        work = self._work_dir
+        if os.geteuid() != 0:
+            raise ContainerdError(
+                f"cannot run containerd with root {work / 'root'}: it needs root privileges "
+                f"(running as uid {os.geteuid()})",
+                hint="run as root, or attach to a running containerd",
+            )
+        for path in (work, work / "root", work / "state"):
+            try:
+                path.mkdir(mode=0o711, parents=True, exist_ok=True)
+                probe = path / ".write-test"
+                probe.touch()
+                probe.unlink()
+            except OSError as exc:
+                raise ContainerdError(
+                    f"cannot use {path} for containerd: {exc.strerror or exc}", detail=str(exc)
+                ) from None
+
+        address = work / "containerd.sock"
+        if len(os.fsencode(address)) + len(_TTRPC_SUFFIX) > _MAX_SOCKET_PATH:
+            # Sockets cannot live that deep: use a short directory of our own for them.
+            base = "/tmp" if os.access("/tmp", os.W_OK) else None
+            self._socket_dir = Path(tempfile.mkdtemp(prefix="swcd-", dir=base))
+            address = self._socket_dir / "containerd.sock"
+        self._address = str(address)
+
+    def _spawn(self, binary: str) -> None:
+        config = self.work_dir / "config.toml"
+        config.write_text(
+            render_config(root=self.work_dir / "root", state=self.work_dir / "state", address=self.address)
+        )
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the daemon's lifetime
+        log.debug("starting %s --config %s", binary, config)
+        try:
+            self._proc = subprocess.Popen(
+                [binary, "--config", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=self._log_file,
+                stderr=subprocess.STDOUT,
+                # Its own session: a Ctrl-C in the terminal reaches us, and we stop the daemon cleanly.
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise ContainerdError(f"cannot start {binary}: {exc.strerror or exc}") from None
+
+    def _wait_ready(self) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + self.start_timeout
+        last_error = "the socket did not appear"
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                tail = self.log_tail()
+                reason = _last_error_line(tail)
+                message = f"containerd exited during startup (status {code})"
+                raise ContainerdError(f"{message}: {reason}" if reason else message, detail=tail)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ContainerdError(
+                    f"containerd did not answer within {self.start_timeout:g}s ({last_error})",
+                    detail=self.log_tail(),
+                )
+            if os.path.exists(self.address):
+                error = _version_answers(self.address, min(1.0, remaining))
+                if error is None:
+                    log.debug("containerd ready at %s (pid %s)", self.address, self._proc.pid)
+                    return
+                last_error = status_details(error) or "no answer"
+            time.sleep(_POLL_INTERVAL)
+
+    def stop(self) -> None:
+        """Stop the daemon (SIGTERM, then SIGKILL after ``stop_timeout``) and remove the work directory."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                log.warning(
+                    "containerd (pid %s) ignored SIGTERM for %ss; killing it", proc.pid, self.stop_timeout
+                )
+                proc.kill()
+                proc.wait()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None
+        work = self._work_dir
+        if work is None or self.keep_work_dir:
+            return
+        if self._created_work_dir:
+            _remove_tree(work)
+        else:
+            # A directory the caller gave us: remove only what we put there.
+            for name in ("root", "state", "config.toml", "containerd.log", "containerd.sock"):
+                _remove_tree(work / name)
+            (work / ("containerd.sock" + _TTRPC_SUFFIX)).unlink(missing_ok=True)
+
+    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+        """The last lines of the daemon's log (empty if there is none)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except (OSError, ContainerdError):
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class AttachedContainerd:
+    """A containerd someone else runs, with the same interface as ManagedContainerd.
+
+    start() checks that the socket exists and the daemon answers; stop() leaves the daemon alone.
+    """
+
+    def __init__(self, address: str, *, start_timeout: float = 5.0) -> None:
+        self._address = socket_path(address)
+        self.start_timeout = start_timeout
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    @property
+    def work_dir(self) -> Path | None:
+        return None
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    def start(self) -> None:
+        path = self._address
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            raise ContainerdError(f"cannot reach containerd at {path}: the socket does not exist") from None
+        except OSError as exc:
+            raise ContainerdError(f"cannot reach containerd at {path}: {exc.strerror or exc}") from None
+        if not stat.S_ISSOCK(mode):
+            raise ContainerdError(f"cannot reach containerd at {path}: not a unix socket")
+        conn = Connection(path, "default", timeout=self.start_timeout)
+        try:
+            # Through the client's error mapping, so refused/permission errors read the same everywhere.
+            conn.unary(
+                "version.Version",
+                version_pb2_grpc.VersionStub(conn.channel).Version,
+                empty_pb2.Empty(),
+                timeout=self.start_timeout,
+            )
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        """Nothing to do: the daemon is not ours."""
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def attach(address: str) -> AttachedContainerd:
+    """An AttachedContainerd for ``address`` (call start(), or use it as a context manager)."""
+    return AttachedContainerd(address)
+
+
+def _last_error_line(log_text: str) -> str:
+    """Why containerd stopped, from its log: a plain last line (its exit message) or the last
+    fatal/error entry, shortened to one line."""
+    lines = [line for line in log_text.splitlines() if line.strip()]
+    if lines and "level=" not in lines[-1]:
+        return one_line(lines[-1].removeprefix("containerd: "))[:300]
+    for level in ("level=fatal", "level=error"):
+        for line in reversed(lines):
+            if level not in line:
+                continue
+            match = re.search(r'msg="((?:[^"\\]|\\.)*)"', line)
+            text = match.group(1).replace('\\"', '"') if match else line
+            error = re.search(r'error="((?:[^"\\]|\\.)*)"', line)
+            if error:
+                text = f"{text}: {error.group(1)}"
+            return one_line(text)[:300]
+    return ""
+
+
+def _remove_tree(path: Path) -> None:
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("could not remove %s: %s", path, exc)
