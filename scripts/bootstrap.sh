@@ -61,7 +61,10 @@ build_soci() {
       -replace="cyphar.com/go-pathrs=github.com/cyphar/libpathrs/go-pathrs@v0.2.1"
     printf 'package main\n\nimport _ "github.com/awslabs/soci-snapshotter/cmd/soci"\n' > tools.go
     go get "github.com/awslabs/soci-snapshotter/cmd@$SOCI_COMMIT"
-    go build -trimpath -o "$tmp/soci" github.com/awslabs/soci-snapshotter/cmd/soci
+    # soci's Makefile stamps the version at link time; without it `soci --version` says <unknown>.
+    go build -trimpath -o "$tmp/soci" \
+      -ldflags "-X github.com/awslabs/soci-snapshotter/version.Version=$SOCI_VERSION -X github.com/awslabs/soci-snapshotter/version.Revision=$SOCI_COMMIT" \
+      github.com/awslabs/soci-snapshotter/cmd/soci
   ) >"$out" 2>&1 || rc=$?
   if ((rc == 0)) && soci_ok "$tmp/soci"; then
     mkdir -p "$cache"

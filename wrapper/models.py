@@ -68,7 +68,9 @@ class Platform:
     @classmethod
     def host(cls) -> Platform:
         machine = _platform.machine().lower()
-        arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(machine, machine)
+        arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(
+            machine, machine
+        )
         return cls("linux", arch, "")
 
     @classmethod
@@ -85,7 +87,10 @@ class Platform:
         """True if ``other`` satisfies this platform (an empty variant matches any; arm64 implies v8)."""
         if self.os != other.os or self.architecture != other.architecture:
             return False
-        mine, theirs = _norm_variant(self.architecture, self.variant), _norm_variant(other.architecture, other.variant)
+        mine, theirs = (
+            _norm_variant(self.architecture, self.variant),
+            _norm_variant(other.architecture, other.variant),
+        )
         return not mine or not theirs or mine == theirs
 
     @property

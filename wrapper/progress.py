@@ -134,7 +134,7 @@ class RichReporter(PlainReporter):
 
     def __init__(self, console: Console | None = None) -> None:
         self._console = console or Console(stderr=True)
-        super().__init__(self._console.file)
+        super().__init__(self._console.file)  # type: ignore[arg-type]
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),

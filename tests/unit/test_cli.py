@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 DIGEST = "sha256:" + "ab" * 32
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, stdin: str = "") -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SOCI_WRAPPER_")}
     full_env.update(env or {})
     return subprocess.run(
@@ -45,7 +47,9 @@ def test_parse_size_units() -> None:
 
 
 def test_seed_form_maps_to_ecr_reference() -> None:
-    args = parse("--repo", "team/app", "--digest", DIGEST, "--region", "eu-west-1", "--account", "123456789012")
+    args = parse(
+        "--repo", "team/app", "--digest", DIGEST, "--region", "eu-west-1", "--account", "123456789012"
+    )
     assert args.command == "index"
     ref = _resolve_index_reference(args)
     assert str(ref) == f"123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/app@{DIGEST}"
@@ -82,10 +86,26 @@ def test_incomplete_input_is_a_usage_error(args: tuple[str, ...], monkeypatch: p
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--repo", "app", "--digest", "sha256:123", "--region", "eu-west-1", "--account", "123456789012"], "digest"),
+        (
+            ["--repo", "app", "--digest", "sha256:123", "--region", "eu-west-1", "--account", "123456789012"],
+            "digest",
+        ),
         (["--repo", "app", "--digest", DIGEST, "--region", "eu-west-1", "--account", "12345"], "account"),
-        (["--repo", "app", "--digest", DIGEST, "--region", "eu-west-1", "--account", "123456789012",
-          "--soci-version", "V2"], "--output-tag"),
+        (
+            [
+                "--repo",
+                "app",
+                "--digest",
+                DIGEST,
+                "--region",
+                "eu-west-1",
+                "--account",
+                "123456789012",
+                "--soci-version",
+                "V2",
+            ],
+            "--output-tag",
+        ),
         (["index", "Not A Reference"], "reference"),
         (["index", "registry.example/app:1", "--username", "u"], "--password-stdin"),
         (["index", "registry.example/app:1", "--bogus-flag"], "bogus"),
@@ -116,7 +136,23 @@ def test_help_documents_exit_codes_and_environment() -> None:
     for text in ("exit codes:", "SOCI_WRAPPER_REPO", "--repo", "index", "pull", "doctor"):
         assert text in proc.stdout
     proc = run_cli("index", "--help")
-    for text in ("--soci-version", "--output-tag", "--platform", "--all-platforms", "--span-size",
-                 "--min-layer-size", "--force", "--containerd-address", "--namespace", "--soci-bin",
-                 "--work-dir", "--keep-work-dir", "--username", "--password-stdin", "--json", "--quiet", "--debug"):
+    for text in (
+        "--soci-version",
+        "--output-tag",
+        "--platform",
+        "--all-platforms",
+        "--span-size",
+        "--min-layer-size",
+        "--force",
+        "--containerd-address",
+        "--namespace",
+        "--soci-bin",
+        "--work-dir",
+        "--keep-work-dir",
+        "--username",
+        "--password-stdin",
+        "--json",
+        "--quiet",
+        "--debug",
+    ):
         assert text in proc.stdout, text

@@ -20,7 +20,9 @@ from wrapper.soci import PushAuth, Soci, _push_environment, classify_failure
 
 
 def make(tmp_path: Path, binary: str = "/nonexistent/soci") -> Soci:
-    return Soci(binary=binary, address="/run/x.sock", namespace="ns", root=tmp_path / "root", tmp_dir=tmp_path / "t")
+    return Soci(
+        binary=binary, address="/run/x.sock", namespace="ns", root=tmp_path / "root", tmp_dir=tmp_path / "t"
+    )
 
 
 def test_argv_carries_isolation_flags(tmp_path: Path) -> None:
@@ -41,7 +43,10 @@ def test_argv_carries_isolation_flags(tmp_path: Path) -> None:
 
 def test_no_ztocs_is_nothing_to_index() -> None:
     err = classify_failure(
-        "soci create", 1, "soci: no ztocs created, all layers either skipped or produced errors\n", min_layer_size=1024
+        "soci create",
+        1,
+        "soci: no ztocs created, all layers either skipped or produced errors\n",
+        min_layer_size=1024,
     )
     assert isinstance(err, NothingToIndexError)
     assert err.exit_code == ExitCode.NOTHING_TO_INDEX
@@ -53,7 +58,10 @@ def test_no_ztocs_is_nothing_to_index() -> None:
     ("stderr", "code"),
     [
         ("soci: error pushing graph to remote: ... 401 Unauthorized", ExitCode.AUTH),
-        ('soci: failed to do request: Head "https://r/v2/": dial tcp 127.0.0.1:1: connection refused', ExitCode.REGISTRY),
+        (
+            'soci: failed to do request: Head "https://r/v2/": dial tcp 127.0.0.1:1: connection refused',
+            ExitCode.REGISTRY,
+        ),
         ("soci: something odd happened", ExitCode.SOCI),
     ],
 )
@@ -110,8 +118,11 @@ def test_push_never_puts_the_password_in_argv(tmp_path: Path) -> None:
     )
     script.chmod(0o755)
     runner = make(tmp_path, str(script))
-    runner.push("reg.example/app@sha256:" + "a" * 64, PushAuth("reg.example", "u", "pa55word", plain_http=True),
-                platforms=[Platform("linux", "amd64")])
+    runner.push(
+        "reg.example/app@sha256:" + "a" * 64,
+        PushAuth("reg.example", "u", "pa55word", plain_http=True),
+        platforms=[Platform("linux", "amd64")],
+    )
     data = json.loads(seen.read_text())
     assert not any("pa55word" in a for a in data["argv"])
     assert "--user" not in data["argv"] and "--plain-http" in data["argv"]

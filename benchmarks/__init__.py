@@ -1,0 +1,1 @@
+"""Benchmarks for soci-wrapper (run by hand, never by the test suite); see benchmarks/README.md."""

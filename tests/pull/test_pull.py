@@ -1,0 +1,388 @@
+"""Pulling into a real containerd from real registries (Debian's docker-registry on loopback)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.registry import ECR_HOST, RegistryServer
+from tests.imagefactory import (
+    AMD64,
+    ARM64,
+    Image,
+    ImageIndex,
+    LayerSpec,
+    build_image,
+    build_index,
+    push_image,
+)
+from tests.proxy import HttpProxy
+from wrapper.containerd.client import ContainerdClient
+from wrapper.errors import AuthError, NotFoundError, RegistryError
+from wrapper.models import Platform
+from wrapper.pull import GC_REF, SOURCE_LABEL, PullOptions, pull
+from wrapper.registry.auth import Credentials, CredentialStore
+from wrapper.registry.client import RegistryClient
+from wrapper.registry.reference import Reference
+
+ROOT = Path(__file__).resolve().parents[2]
+MIB = 1 << 20
+THRESHOLD = 1 * MIB  # tests use a small --min-layer-size so that images stay small
+
+
+def seed_for(request: pytest.FixtureRequest) -> int:
+    """Distinct content per test: the session's containerd shares blobs across namespaces."""
+    return int(hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:8], 16)
+
+
+@pytest.fixture
+def anon_client() -> Iterator[RegistryClient]:
+    with RegistryClient(CredentialStore(use_ecr=False)) as client:
+        yield client
+
+
+def three_layers(seed: int) -> list[LayerSpec]:
+    return [
+        LayerSpec(3 * MIB, seed=seed),
+        LayerSpec(200 * 1024, seed=seed + 1),  # under the threshold: sparse pulls skip it
+        LayerSpec(int(1.5 * MIB), seed=seed + 2),
+    ]
+
+
+def push(registry: RegistryServer, client: RegistryClient, repo: str, image: Image | ImageIndex) -> Reference:
+    ref = Reference(registry.host, repo, tag="v1")
+    digest = push_image(client, ref, image)
+    return ref.with_digest(digest)
+
+
+def stored(client: ContainerdClient) -> set[str]:
+    return set(client.content.list_digests())
+
+
+def test_full_pull_stores_exactly_the_image(
+    tmp_path: Path,
+    registry: RegistryServer,
+    anon_client: RegistryClient,
+    containerd_client: ContainerdClient,
+    ctr,
+    request,
+) -> None:
+    image = build_image(tmp_path, three_layers(seed_for(request)))
+    ref = push(registry, anon_client, "full/app", image)
+
+    result = pull(anon_client, containerd_client, ref, PullOptions(full=True, min_layer_size=THRESHOLD))
+
+    expected = {b.digest for b in image.blobs} | {image.digest}
+    assert stored(containerd_client) == expected
+    for blob in image.blobs:
+        info = containerd_client.content.info(blob.digest)
+        assert info.size == blob.size
+        assert info.labels[f"{SOURCE_LABEL}.{registry.host}"] == "full/app"
+    check = ctr("images", "check")
+    assert str(ref) in check.stdout and "complete" in check.stdout, check.stdout
+    assert result.summary()["blobs_skipped"]["count"] == 0
+    # every write happened under a lease that is gone now
+    assert containerd_client.leases.list() == []
+
+
+def test_sparse_pull_skips_small_layers_and_labels_for_gc(
+    tmp_path: Path,
+    registry: RegistryServer,
+    anon_client: RegistryClient,
+    containerd_client: ContainerdClient,
+    request,
+) -> None:
+    image = build_image(tmp_path, three_layers(seed_for(request)))
+    ref = push(registry, anon_client, "sparse/app", image)
+
+    result = pull(anon_client, containerd_client, ref, PullOptions(min_layer_size=THRESHOLD))
+
+    small = image.layers[1]
+    assert stored(containerd_client) == ({b.digest for b in image.blobs} | {image.digest}) - {small.digest}
+    summary = result.summary()
+    assert summary["blobs_skipped"] == {"count": 1, "bytes": small.size}
+    assert summary["bytes_downloaded"] >= sum(x.size for x in image.layers) - small.size
+    labels = containerd_client.content.info(image.digest).labels
+    assert labels[f"{GC_REF}.config"] == image.config.digest
+    assert [labels[f"{GC_REF}.l.{i}"] for i in range(3)] == [x.digest for x in image.layers]
+    record = containerd_client.images.get(str(ref))
+    assert record.target.digest == image.digest
+    # a layer of exactly the threshold is downloaded (soci indexes layers >= the minimum)
+    exact = pull(anon_client, containerd_client, ref, PullOptions(min_layer_size=image.layers[2].size))
+    assert {b.digest for b in exact.blobs if b.action == "skipped"} == {image.layers[1].digest}
+
+
+def test_multi_platform_selection(
+    tmp_path: Path,
+    registry: RegistryServer,
+    anon_client: RegistryClient,
+    containerd_client: ContainerdClient,
+    request,
+) -> None:
+    index = build_index(tmp_path, [LayerSpec(2 * MIB, seed=seed_for(request))])
+    ref = push(registry, anon_client, "multi/app", index)
+    amd, arm = index.images
+
+    result = pull(
+        anon_client, containerd_client, ref, PullOptions(platforms=(ARM64,), min_layer_size=THRESHOLD)
+    )
+    have = stored(containerd_client)
+    # every platform's manifest and config, the index, and the chosen platform's layers only
+    assert {index.digest, amd.digest, arm.digest, amd.config.digest, arm.config.digest} <= have
+    assert arm.layers[0].digest in have and amd.layers[0].digest not in have
+    assert [str(p.platform) for p in result.selected] == ["linux/arm64/v8"]
+    labels = containerd_client.content.info(index.digest).labels
+    assert {labels[f"{GC_REF}.m.0"], labels[f"{GC_REF}.m.1"]} == {amd.digest, arm.digest}
+
+    result = pull(
+        anon_client, containerd_client, ref, PullOptions(all_platforms=True, min_layer_size=THRESHOLD)
+    )
+    assert amd.layers[0].digest in stored(containerd_client)
+    assert len(result.selected) == 2
+
+    with pytest.raises(NotFoundError) as info:
+        pull(anon_client, containerd_client, ref, PullOptions(platforms=(Platform("linux", "s390x"),)))
+    assert "linux/s390x" in str(info.value) and "linux/amd64" in str(info.value)
+
+
+def test_single_platform_mismatch_names_both(
+    tmp_path: Path,
+    registry: RegistryServer,
+    anon_client: RegistryClient,
+    containerd_client: ContainerdClient,
+    request,
+) -> None:
+    image = build_image(tmp_path, [LayerSpec(64 * 1024, seed=seed_for(request))], platform=ARM64)
+    ref = push(registry, anon_client, "arm/app", image)
+    with pytest.raises(NotFoundError) as info:
+        pull(anon_client, containerd_client, ref, PullOptions(platforms=(AMD64,)))
+    assert "linux/amd64" in str(info.value) and "linux/arm64" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_docker_media_types(
+    tmp_path: Path,
+    registry: RegistryServer,
+    anon_client: RegistryClient,
+    containerd_client: ContainerdClient,
+    ctr,
+    request,
+) -> None:
+    index = build_index(tmp_path, three_layers(seed_for(request)), oci=False)
+    ref = push(registry, anon_client, "docker/app", index)
+    pull(anon_client, containerd_client, ref, PullOptions(full=True, all_platforms=True))
+    check = ctr("images", "check")
+    assert "complete" in check.stdout, check.stdout
+    assert index.digest in {i.target.digest for i in containerd_client.images.list()}
+    assert containerd_client.images.get(str(ref)).target.media_type == index.media_type
+
+
+def test_schema1_is_refused(
+    tmp_path: Path,
+    schema1_registry: RegistryServer,
+    anon_client: RegistryClient,
+    containerd_client: ContainerdClient,
+) -> None:
+    from tests.imagefactory import push_schema1_image
+
+    ref = Reference(schema1_registry.host, "old/app", tag="v1")
+    push_schema1_image(anon_client, ref, tmp_path, tag="v1")
+    with pytest.raises(RegistryError, match="schema 1"):
+        pull(anon_client, containerd_client, ref, PullOptions())
+    assert stored(containerd_client) == set()
+
+
+def test_basic_auth_over_tls(
+    tmp_path: Path, tls_registry: RegistryServer, containerd_client: ContainerdClient, request
+) -> None:
+    assert tls_registry.username and tls_registry.password and tls_registry.ca_file
+    good = CredentialStore(
+        explicit={tls_registry.host: Credentials(tls_registry.username, tls_registry.password)}
+    )
+    image = build_image(tmp_path, [LayerSpec(2 * MIB, seed=seed_for(request))])
+    with RegistryClient(good, ca_file=tls_registry.ca_file) as client:
+        ref = push(tls_registry, client, "private/app", image)
+        pull(client, containerd_client, ref, PullOptions(min_layer_size=THRESHOLD))
+    assert image.layers[0].digest in stored(containerd_client)
+
+    bad = CredentialStore(explicit={tls_registry.host: Credentials(tls_registry.username, "wrong")})
+    with RegistryClient(bad, ca_file=tls_registry.ca_file) as client, pytest.raises(AuthError) as info:
+        pull(client, containerd_client, ref, PullOptions())
+    assert tls_registry.host in str(info.value)
+
+
+def test_resume_after_cut_asks_for_the_rest(
+    tmp_path: Path, registry: RegistryServer, containerd_client: ContainerdClient, request
+) -> None:
+    image = build_image(tmp_path, [LayerSpec(24 * MIB, seed=seed_for(request))])
+    layer = image.layers[0]
+    with RegistryClient(CredentialStore(use_ecr=False)) as direct:
+        ref = push(registry, direct, "resume/app", image)
+    with HttpProxy(registry.host) as proxy:
+        proxy.cut_after(f"/blobs/{layer.digest}", 7 * MIB, method="GET")
+        via = Reference(proxy.host, ref.repository, digest=ref.digest)
+        with RegistryClient(CredentialStore(use_ecr=False)) as client:
+            result = pull(client, containerd_client, via, PullOptions(min_layer_size=THRESHOLD))
+        gets = [r for r in proxy.requests if r.method == "GET" and layer.digest in r.path]
+    assert len(gets) == 2, [r.path for r in gets]
+    assert gets[0].header("Range") is None
+    resumed_at = int(str(gets[1].header("Range")).removeprefix("bytes=").rstrip("-"))
+    assert 0 < resumed_at <= 7 * MIB
+    served = sum(r.body_bytes for r in gets)
+    assert served < layer.size * 1.35, (served, layer.size)
+    record = next(b for b in result.blobs if b.digest == layer.digest)
+    assert record.resumed_from == resumed_at
+    assert containerd_client.content.info(layer.digest).size == layer.size
+
+
+# -- the command line ------------------------------------------------------------------------------------
+def run_cli(
+    *args: str, stdin: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "wrapper.cli", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        env=full_env,
+        cwd=ROOT,
+        timeout=300,
+    )
+
+
+def test_cli_pull_json_and_plain_progress(
+    tmp_path: Path,
+    registry: RegistryServer,
+    anon_client: RegistryClient,
+    containerd,
+    containerd_namespace: str,
+    request,
+) -> None:
+    image = build_image(tmp_path, three_layers(seed_for(request)))
+    ref = push(registry, anon_client, "cli/app", image)
+    proc = run_cli(
+        "pull",
+        str(ref),
+        "--containerd-address",
+        containerd.address,
+        "--namespace",
+        containerd_namespace,
+        "--min-layer-size",
+        "1MiB",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["digest"] == image.digest
+    assert summary["platforms"] == ["linux/amd64"]
+    assert summary["blobs_skipped"]["count"] == 1
+    assert summary["blobs_fetched"]["count"] == 4  # 2 layers, config, manifest
+    # not a terminal: one plain line per blob started and finished
+    assert proc.stderr.count("start ") >= 2 and proc.stderr.count("done ") >= 2, proc.stderr
+    with ContainerdClient(containerd.address, containerd_namespace) as client:
+        assert client.images.get(str(ref)).target.digest == image.digest
+
+
+def test_cli_pull_with_password_stdin_and_wrong_password(
+    tmp_path: Path, tls_registry: RegistryServer, containerd, containerd_namespace: str, request
+) -> None:
+    assert tls_registry.username and tls_registry.password and tls_registry.ca_file
+    image = build_image(tmp_path, [LayerSpec(2 * MIB, seed=seed_for(request))])
+    creds = CredentialStore(
+        explicit={tls_registry.host: Credentials(tls_registry.username, tls_registry.password)}
+    )
+    with RegistryClient(creds, ca_file=tls_registry.ca_file) as client:
+        ref = push(tls_registry, client, "cli/private", image)
+    common = [
+        "pull",
+        str(ref),
+        "--containerd-address",
+        containerd.address,
+        "--namespace",
+        containerd_namespace,
+        "--ca-file",
+        tls_registry.ca_file,
+        "--username",
+        tls_registry.username,
+        "--password-stdin",
+        "--quiet",
+    ]
+    ok = run_cli(*common, stdin=tls_registry.password + "\n")
+    assert ok.returncode == 0, ok.stderr
+    bad = run_cli(*common, stdin="not-the-password\n")
+    assert bad.returncode == 3, bad.stderr
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and tls_registry.host in lines[0] and "Traceback" not in bad.stderr
+    assert "not-the-password" not in bad.stderr
+
+
+def test_cli_pull_with_docker_config(
+    tmp_path: Path, tls_registry: RegistryServer, containerd, containerd_namespace: str, request
+) -> None:
+    import base64
+
+    assert tls_registry.username and tls_registry.password and tls_registry.ca_file
+    image = build_image(tmp_path, [LayerSpec(2 * MIB, seed=seed_for(request))])
+    creds = CredentialStore(
+        explicit={tls_registry.host: Credentials(tls_registry.username, tls_registry.password)}
+    )
+    with RegistryClient(creds, ca_file=tls_registry.ca_file) as client:
+        ref = push(tls_registry, client, "cli/dockercfg", image)
+    cfg = tmp_path / "docker"
+    cfg.mkdir()
+    token = base64.b64encode(f"{tls_registry.username}:{tls_registry.password}".encode()).decode()
+    (cfg / "config.json").write_text(json.dumps({"auths": {tls_registry.host: {"auth": token}}}))
+    proc = run_cli(
+        "pull",
+        str(ref),
+        "--containerd-address",
+        containerd.address,
+        "--namespace",
+        containerd_namespace,
+        "--ca-file",
+        tls_registry.ca_file,
+        "--quiet",
+        env={"DOCKER_CONFIG": str(cfg)},
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_cli_pull_from_ecr_with_token_from_moto(
+    tmp_path: Path, tls_registry: RegistryServer, moto_ecr, containerd, containerd_namespace: str, request
+) -> None:
+    """moto issues the ECR token; an endpoint override sends the ECR host to the local TLS registry."""
+    assert tls_registry.ca_file
+    image = build_image(tmp_path, [LayerSpec(2 * MIB, seed=seed_for(request))])
+    creds = CredentialStore(explicit={tls_registry.host: Credentials(moto_ecr.username, moto_ecr.password)})
+    with RegistryClient(creds, ca_file=tls_registry.ca_file) as client:
+        digest = push_image(client, Reference(tls_registry.host, "team/app", tag="v1"), image)
+    proc = run_cli(
+        "pull",
+        "--endpoint-override",
+        f"{ECR_HOST}={tls_registry.host}",
+        "--ca-file",
+        tls_registry.ca_file,
+        f"{ECR_HOST}/team/app@{digest}",
+        "--containerd-address",
+        containerd.address,
+        "--namespace",
+        containerd_namespace,
+        "--json",
+        "--min-layer-size",
+        "1MiB",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["digest"] == digest
+    # the registry saw the decoded token's user, which only moto could have handed out
+    assert f'"{moto_ecr.username}"' in tls_registry.log_tail(
+        400
+    ) or moto_ecr.username in tls_registry.log_tail(400)

@@ -1,0 +1,217 @@
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import stat
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures.registry import ECR_HOST, MOTO_ECR_PASSWORD, free_port
+from wrapper.errors import AuthError, RegistryError
+from wrapper.registry.auth import Credentials, CredentialStore
+
+
+def write_config(directory: Path, config: dict[str, Any]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def test_credentials_repr_hides_password():
+    creds = Credentials("alice", "s3cret-value")
+    assert "s3cret-value" not in repr(creds)
+    assert "alice" in repr(creds)
+    store = CredentialStore(explicit={"ghcr.io": creds})
+    assert "s3cret-value" not in repr(store)
+
+
+def test_explicit_wins_over_config(tmp_path):
+    config = write_config(tmp_path / "docker", {"auths": {"ghcr.io": {"auth": b64("bob:frompw")}}})
+    store = CredentialStore(explicit={"ghcr.io": Credentials("alice", "pw")}, docker_config_dir=config)
+    assert store.get("ghcr.io") == Credentials("alice", "pw")
+
+
+def test_explicit_overrides_ecr_without_aws(tmp_path, monkeypatch):
+    # Explicit credentials for an ECR host are used as they are: no AWS call is made.
+    monkeypatch.setenv("AWS_ENDPOINT_URL_ECR", f"http://127.0.0.1:{free_port()}")
+    store = CredentialStore(explicit={ECR_HOST: Credentials("AWS", "tok")}, docker_config_dir=tmp_path)
+    assert store.get(ECR_HOST) == Credentials("AWS", "tok")
+
+
+def test_docker_config_auths(tmp_path):
+    config = write_config(
+        tmp_path / "docker",
+        {
+            "auths": {
+                "https://index.docker.io/v1/": {"auth": b64("hubuser:hubpw")},
+                "ghcr.io": {"auth": b64("gh:pw:with:colons")},
+                "https://quay.io": {"username": "q", "password": "qpw"},
+                "http://localhost:5000/v2/": {"auth": b64("local:lpw")},
+                "id.example.com": {"identitytoken": "refresh-me"},
+                "empty.example.com": {},
+            }
+        },
+    )
+    store = CredentialStore(docker_config_dir=config, use_ecr=False)
+    assert store.get("docker.io") == Credentials("hubuser", "hubpw")
+    assert store.get("index.docker.io") == Credentials("hubuser", "hubpw")
+    assert store.get("ghcr.io") == Credentials("gh", "pw:with:colons")
+    assert store.get("quay.io") == Credentials("q", "qpw")
+    assert store.get("localhost:5000") == Credentials("local", "lpw")
+    token = store.get("id.example.com")
+    assert token is not None and token.is_identity_token and token.password == "refresh-me"
+    assert store.get("empty.example.com") is None
+    assert store.get("other.example.com") is None
+
+
+def test_docker_config_env_var(tmp_path, monkeypatch):
+    config = write_config(tmp_path / "envdocker", {"auths": {"ghcr.io": {"auth": b64("env:pw")}}})
+    monkeypatch.setenv("DOCKER_CONFIG", str(config))
+    assert CredentialStore().get("ghcr.io") == Credentials("env", "pw")
+
+
+def test_docker_config_home_default(tmp_path, monkeypatch):
+    monkeypatch.delenv("DOCKER_CONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_config(tmp_path / ".docker", {"auths": {"ghcr.io": {"auth": b64("home:pw")}}})
+    assert CredentialStore().get("ghcr.io") == Credentials("home", "pw")
+
+
+def test_missing_config_is_anonymous(tmp_path):
+    assert CredentialStore(docker_config_dir=tmp_path / "nothing").get("ghcr.io") is None
+
+
+def test_broken_config(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(AuthError, match="cannot read docker config"):
+        CredentialStore(docker_config_dir=tmp_path).get("ghcr.io")
+    write_config(tmp_path, {"auths": {"ghcr.io": {"auth": b64("no-colon")}}})
+    with pytest.raises(AuthError, match=r"invalid 'auth' entry for ghcr\.io") as info:
+        CredentialStore(docker_config_dir=tmp_path).get("ghcr.io")
+    assert "no-colon" not in str(info.value)
+
+
+HELPER = textwrap.dedent(
+    """\
+    #!{python}
+    import json, sys, os
+    server = sys.stdin.read().strip()
+    with open(os.environ["HELPER_LOG"], "a") as log:
+        log.write(sys.argv[0].rsplit("-", 1)[1] + " " + " ".join(sys.argv[1:]) + " " + server + "\\n")
+    table = {{
+        "ghcr.io": ("ghuser", "gh-secret"),
+        "https://index.docker.io/v1/": ("hub", "hub-secret"),
+        "tok.example.com": ("<token>", "identity"),
+    }}
+    if server == "fail.example.com":
+        print("boom: keychain locked")
+        sys.exit(3)
+    if server not in table:
+        print("credentials not found in native keychain")
+        sys.exit(1)
+    user, secret = table[server]
+    print(json.dumps({{"ServerURL": server, "Username": user, "Secret": secret}}))
+    """
+)
+
+
+@pytest.fixture
+def helper_path(tmp_path, monkeypatch):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name in ("docker-credential-testhelper", "docker-credential-teststore"):
+        script = bindir / name
+        script.write_text(HELPER.format(python=sys.executable))
+        script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    log = tmp_path / "helper.log"
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("HELPER_LOG", str(log))
+    return log
+
+
+def test_cred_helpers_and_store(tmp_path, helper_path):
+    config = write_config(
+        tmp_path / "docker",
+        {
+            "auths": {"ghcr.io": {"auth": b64("ignored:becausehelper")}, "quay.io": {"auth": b64("q:qpw")}},
+            "credHelpers": {"ghcr.io": "testhelper", "fail.example.com": "testhelper"},
+            "credsStore": "teststore",
+        },
+    )
+    store = CredentialStore(docker_config_dir=config, use_ecr=False)
+    assert store.get("ghcr.io") == Credentials("ghuser", "gh-secret")  # credHelpers win over auths
+    assert store.get("quay.io") == Credentials("q", "qpw")  # auths before credsStore
+    assert store.get("docker.io") == Credentials("hub", "hub-secret")  # credsStore, Hub's server URL
+    assert store.get("tok.example.com") == Credentials("<token>", "identity")
+    assert store.get("unknown.example.com") is None  # "credentials not found" → anonymous
+    with pytest.raises(AuthError, match=r"docker-credential-testhelper get failed for fail\.example\.com"):
+        store.get("fail.example.com")
+    calls = helper_path.read_text().splitlines()
+    assert calls[:3] == [
+        "testhelper get ghcr.io",
+        "teststore get https://index.docker.io/v1/",
+        "teststore get tok.example.com",
+    ]
+
+
+def test_missing_helper(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    config = write_config(tmp_path / "docker", {"credsStore": "nonexistent"})
+    with pytest.raises(AuthError, match="docker-credential-nonexistent is not on PATH"):
+        CredentialStore(docker_config_dir=config).get("ghcr.io")
+
+
+# ECR through moto ------------------------------------------------------------------------------------
+def test_ecr_token_from_moto(moto_ecr, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG, logger="wrapper.registry")
+    store = CredentialStore(docker_config_dir=tmp_path)
+    creds = store.get(moto_ecr.host)
+    # moto's token is base64("AWS:<account>-auth-token"); the store hands out the decoded pair.
+    assert creds == Credentials("AWS", MOTO_ECR_PASSWORD)
+    assert store.get(moto_ecr.host) == creds  # moto's expiresAt is in 2015, so this fetched again
+    assert MOTO_ECR_PASSWORD not in caplog.text
+
+
+def test_ecr_disabled_uses_docker_config(moto_ecr, tmp_path):
+    config = write_config(tmp_path / "docker", {"auths": {moto_ecr.host: {"auth": b64("AWS:fromconfig")}}})
+    assert CredentialStore(docker_config_dir=config, use_ecr=False).get(moto_ecr.host) == Credentials(
+        "AWS", "fromconfig"
+    )
+
+
+def test_ecr_without_aws_credentials(monkeypatch, tmp_path):
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_ECR", f"http://127.0.0.1:{free_port()}")
+    # Keep boto3 away from any container-credentials endpoint too.
+    monkeypatch.delenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", raising=False)
+    with pytest.raises(AuthError, match=f"no AWS credentials found to log in to {ECR_HOST}"):
+        CredentialStore(docker_config_dir=tmp_path).get(ECR_HOST)
+
+
+def test_ecr_endpoint_unreachable(moto_ecr, monkeypatch, tmp_path):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_ECR", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    with pytest.raises(RegistryError, match=f"cannot reach the AWS endpoint to log in to {ECR_HOST}") as info:
+        CredentialStore(docker_config_dir=tmp_path).get(ECR_HOST)
+    assert "\n" not in str(info.value)
+
+
+def test_ecr_public_falls_back_to_anonymous(moto_ecr, tmp_path, caplog):
+    # moto has no ecr-public; the failure is logged and the store falls back (pulls work anonymously).
+    assert CredentialStore(docker_config_dir=tmp_path).get("public.ecr.aws") is None
+    assert "no ECR Public token" in caplog.text

@@ -1,0 +1,414 @@
+"""Pull an image from a registry into containerd's content store, over gRPC, without unpacking it.
+
+Blobs stream straight from the HTTP response into containerd's content Write stream (never held in memory);
+containerd checks digest and size at commit. Several blobs are in flight at once. A blob whose transfer
+breaks resumes from the offset containerd already holds (STAT) with an HTTP Range request.
+
+Sparse by default: layers smaller than ``min_layer_size`` are not downloaded, because soci never reads them.
+Indexes, and the manifests and configs of every platform of an index, are always stored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from wrapper.containerd.client import ContainerdClient
+from wrapper.containerd.images import Image
+from wrapper.errors import ContainerdError, NotFoundError, RegistryError, UsageError
+from wrapper.models import Descriptor, Platform
+from wrapper.progress import QuietReporter, Reporter
+from wrapper.registry.client import BlobReadError, RegistryClient
+from wrapper.registry.reference import Reference
+
+log = logging.getLogger("wrapper.pull")
+
+DEFAULT_MIN_LAYER_SIZE = 10 * 1024 * 1024  # soci's default
+GC_REF = "containerd.io/gc.ref.content"
+SOURCE_LABEL = "containerd.io/distribution.source"
+BLOB_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class PullOptions:
+    platforms: Sequence[Platform] = ()
+    all_platforms: bool = False
+    min_layer_size: int = DEFAULT_MIN_LAYER_SIZE
+    full: bool = False
+    max_concurrent_downloads: int = 4
+
+    def __post_init__(self) -> None:
+        if self.platforms and self.all_platforms:
+            raise UsageError("--platform and --all-platforms exclude each other", hint="pick one")
+        if self.min_layer_size < 0:
+            raise UsageError("--min-layer-size must be 0 or more")
+        if self.max_concurrent_downloads < 1:
+            raise UsageError("--max-concurrent-downloads must be at least 1")
+
+
+@dataclass
+class BlobRecord:
+    digest: str
+    size: int
+    media_type: str
+    kind: str  # index | manifest | config | layer
+    platform: str = ""
+    action: str = "fetched"  # fetched | present | skipped
+    bytes_downloaded: int = 0
+    resumed_from: int = 0
+
+
+@dataclass
+class PlatformImage:
+    """One platform's manifest as pulled."""
+
+    platform: Platform
+    manifest: Descriptor
+    config: Descriptor
+    layers: list[Descriptor]
+
+
+@dataclass
+class PullResult:
+    reference: Reference
+    image_name: str
+    target: Descriptor
+    selected: list[PlatformImage]
+    all_platforms: list[Platform]
+    blobs: list[BlobRecord] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def digest(self) -> str:
+        return self.target.digest
+
+    def summary(self) -> dict[str, Any]:
+        fetched = [b for b in self.blobs if b.action == "fetched"]
+        skipped = [b for b in self.blobs if b.action == "skipped"]
+        present = [b for b in self.blobs if b.action == "present"]
+        return {
+            "image": str(self.reference),
+            "digest": self.digest,
+            "media_type": self.target.media_type,
+            "platforms": [str(p.platform) for p in self.selected],
+            "blobs_fetched": {"count": len(fetched), "bytes": sum(b.size for b in fetched)},
+            "blobs_skipped": {"count": len(skipped), "bytes": sum(b.size for b in skipped)},
+            "blobs_present": {"count": len(present), "bytes": sum(b.size for b in present)},
+            "bytes_downloaded": sum(b.bytes_downloaded for b in self.blobs),
+            "seconds": round(self.seconds, 3),
+            "blobs": [
+                {
+                    "digest": b.digest,
+                    "size": b.size,
+                    "kind": b.kind,
+                    "platform": b.platform,
+                    "action": b.action,
+                }
+                for b in self.blobs
+            ],
+        }
+
+
+def select_platforms(available: Sequence[Platform], options: PullOptions) -> list[Platform]:
+    """The platforms of ``available`` to pull; NotFoundError naming both sides when one is missing."""
+    real = [p for p in available if not p.is_unknown]
+    if options.all_platforms:
+        return real
+    wanted = list(options.platforms) or [Platform.host()]
+    chosen: list[Platform] = []
+    for want in wanted:
+        match = next((p for p in real if want.matches(p)), None)
+        if match is None:
+            have = ", ".join(str(p) for p in real) or "none"
+            raise NotFoundError(
+                f"the image has no {want} variant; it has {have}",
+                hint="choose one with --platform, or use --all-platforms",
+            )
+        if match not in chosen:
+            chosen.append(match)
+    return chosen
+
+
+@dataclass
+class ResolvedImage:
+    """What the registry says the image is: its top object and the manifests of every platform."""
+
+    reference: Reference
+    target: Descriptor
+    index_body: bytes | None
+    manifests: list[tuple[Descriptor, bytes]]  # every manifest of the image (all platforms), with its body
+    all_platforms: list[Platform]
+    selected: list[PlatformImage]
+
+    @property
+    def digest(self) -> str:
+        return self.target.digest
+
+
+def resolve_image(registry: RegistryClient, ref: Reference, options: PullOptions) -> ResolvedImage:
+    """Fetch the image's manifest (and, for an index, every platform's manifest); choose the platforms."""
+    top = registry.get_manifest(ref)
+    manifests: list[tuple[Descriptor, bytes]] = []
+    selected: list[PlatformImage] = []
+    if top.descriptor.is_index:
+        entries = [Descriptor.from_oci(m) for m in json.loads(top.body).get("manifests", [])]
+        entries = [e for e in entries if e.is_manifest]
+        all_platforms = [e.platform or Platform("unknown", "unknown") for e in entries]
+        chosen = select_platforms(all_platforms, options)
+        for entry in entries:
+            body = registry.get_manifest(ref, entry.digest).body
+            manifests.append((entry, body))
+            plat = entry.platform or Platform("unknown", "unknown")
+            if plat in chosen and not any(s.platform == plat for s in selected):
+                selected.append(_platform_image(plat, entry, body))
+        return ResolvedImage(ref, top.descriptor, top.body, manifests, all_platforms, selected)
+    if top.descriptor.is_manifest:
+        config = Descriptor.from_oci(json.loads(top.body)["config"])
+        plat = _config_platform(registry, ref, config)
+        select_platforms([plat], options)  # raises if the image's one platform does not match
+        image = _platform_image(plat, top.descriptor, top.body)
+        return ResolvedImage(ref, top.descriptor, None, [(top.descriptor, top.body)], [plat], [image])
+    raise RegistryError(f"{ref} is a {top.descriptor.media_type or 'untyped'} object, not an image")
+
+
+def _config_platform(registry: RegistryClient, ref: Reference, config: Descriptor) -> Platform:
+    if config.size > 4 * 1024 * 1024:
+        raise RegistryError(f"the image config {config.digest} is implausibly large ({config.size} bytes)")
+    with registry.open_blob(ref, config.digest) as stream:
+        data = b"".join(stream)
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise RegistryError(f"the image config {config.digest} is not JSON") from exc
+    return Platform(str(doc.get("os", "")), str(doc.get("architecture", "")), str(doc.get("variant", "")))
+
+
+class Puller:
+    """Pulls one image; use :func:`pull`."""
+
+    def __init__(
+        self,
+        registry: RegistryClient,
+        containerd: ContainerdClient,
+        options: PullOptions,
+        reporter: Reporter | None = None,
+    ) -> None:
+        self.registry = registry
+        self.containerd = containerd
+        self.options = options
+        self.reporter = reporter or QuietReporter()
+        self._records: list[BlobRecord] = []
+        self._lock = threading.Lock()
+
+    # -- the pull ----------------------------------------------------------------------------------------
+    def run(self, image: ResolvedImage) -> PullResult:
+        started = time.monotonic()
+        ref, selected, manifests = image.reference, image.selected, image.manifests
+        source = {f"{SOURCE_LABEL}.{ref.registry}": ref.repository}
+
+        # -- what to fetch ---------------------------------------------------------------------------------
+        tasks: list[tuple[Descriptor, str, str]] = []  # (descriptor, kind, platform)
+        seen: set[str] = set()
+        for desc, body in manifests:
+            config = Descriptor.from_oci(json.loads(body)["config"])
+            if config.digest not in seen:
+                seen.add(config.digest)
+                tasks.append((config, "config", str(desc.platform or "")))
+        for plat_image in selected:
+            for layer in plat_image.layers:
+                if layer.digest in seen:
+                    continue
+                seen.add(layer.digest)
+                if self.options.full or layer.size >= self.options.min_layer_size:
+                    tasks.append((layer, "layer", str(plat_image.platform)))
+                else:
+                    self._record(
+                        BlobRecord(
+                            layer.digest,
+                            layer.size,
+                            layer.media_type,
+                            "layer",
+                            str(plat_image.platform),
+                            "skipped",
+                        )
+                    )
+
+        self.reporter.stage(
+            "pull",
+            f"{ref} ({', '.join(str(s.platform) for s in selected)}; "
+            f"{sum(1 for t in tasks if t[1] == 'layer')} layers"
+            + ("" if self.options.full else f", sparse below {self.options.min_layer_size} bytes")
+            + ")",
+        )
+        with self.containerd.lease():
+            self._fetch_all(ref, tasks, source)
+            # Manifests and the index last: they reference the blobs above through GC labels.
+            for desc, body in manifests:
+                self._store_small(desc, body, "manifest", {**source, **_manifest_gc_labels(body)})
+            if image.index_body is not None:
+                labels = {**source, **_index_gc_labels(image.index_body)}
+                self._store_small(image.target, image.index_body, "index", labels)
+            name = str(ref)
+            self.containerd.images.put(Image(name=name, target=_plain(image.target), labels={}))
+
+        return PullResult(
+            reference=ref,
+            image_name=name,
+            target=_plain(image.target),
+            selected=selected,
+            all_platforms=image.all_platforms,
+            blobs=list(self._records),
+            seconds=time.monotonic() - started,
+        )
+
+    # -- transfers ---------------------------------------------------------------------------------------
+    def _fetch_all(
+        self, ref: Reference, tasks: list[tuple[Descriptor, str, str]], labels: dict[str, str]
+    ) -> None:
+        if not tasks:
+            return
+        # Large blobs first, so the longest transfers start early.
+        ordered = sorted(tasks, key=lambda t: -t[0].size)
+        with ThreadPoolExecutor(self.options.max_concurrent_downloads, thread_name_prefix="pull") as pool:
+            futures: list[Future[None]] = [
+                pool.submit(self._fetch_blob, ref, desc, kind, plat, labels) for desc, kind, plat in ordered
+            ]
+            _done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            for fut in pending:
+                fut.cancel()
+            for fut in futures:
+                if fut.done() and not fut.cancelled() and fut.exception() is not None:
+                    raise fut.exception()  # type: ignore[misc]
+
+    def _fetch_blob(
+        self, ref: Reference, desc: Descriptor, kind: str, plat: str, labels: dict[str, str]
+    ) -> None:
+        content = self.containerd.content
+        if content.exists(desc.digest):
+            content.update_labels(desc.digest, labels)
+            self._record(BlobRecord(desc.digest, desc.size, desc.media_type, kind, plat, "present"))
+            self.reporter.blob_finished(desc.digest, "present")
+            return
+        record = BlobRecord(desc.digest, desc.size, desc.media_type, kind, plat, "fetched")
+        ingest_ref = f"soci-wrapper-pull-{desc.digest}"
+        started = False
+
+        def source(offset: int) -> Iterator[bytes]:
+            nonlocal started
+            if not started:
+                self.reporter.blob_started(desc.digest, kind, desc.size, offset)
+                started = True
+            if offset:
+                record.resumed_from = record.resumed_from or offset
+                log.info("resuming %s at byte %d", desc.digest, offset)
+            with self.registry.open_blob(ref, desc.digest, offset=offset) as stream:
+                for chunk in stream:
+                    record.bytes_downloaded += len(chunk)
+                    yield chunk
+
+        for attempt in Retrying(
+            stop=stop_after_attempt(BLOB_ATTEMPTS),
+            wait=wait_exponential_jitter(multiplier=0.2, max=5),
+            retry=retry_if_exception(_is_transient),
+            reraise=True,
+        ):
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    log.info("retrying %s (attempt %d)", desc.digest, attempt.retry_state.attempt_number)
+                content.write(
+                    ingest_ref,
+                    source,
+                    total=desc.size,
+                    expected=desc.digest,
+                    labels=labels,
+                    on_progress=lambda n: self.reporter.blob_advanced(desc.digest, n),
+                )
+        self.reporter.blob_finished(
+            desc.digest, f"resumed at {record.resumed_from}" if record.resumed_from else ""
+        )
+        self._record(record)
+
+    def _store_small(self, desc: Descriptor, body: bytes, kind: str, labels: dict[str, str]) -> None:
+        content = self.containerd.content
+        if content.exists(desc.digest):
+            content.update_labels(desc.digest, labels)
+            self._record(
+                BlobRecord(desc.digest, desc.size, desc.media_type, kind, str(desc.platform or ""), "present")
+            )
+            return
+        content.write(
+            f"soci-wrapper-pull-{desc.digest}",
+            lambda offset: iter([body[offset:]]),
+            total=len(body),
+            expected=desc.digest,
+            labels=labels,
+        )
+        self._record(
+            BlobRecord(
+                desc.digest, desc.size, desc.media_type, kind, str(desc.platform or ""), "fetched", len(body)
+            )
+        )
+
+    def _record(self, record: BlobRecord) -> None:
+        with self._lock:
+            self._records.append(record)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Worth another try of one blob: a broken transfer or stream (the next try resumes where it broke).
+
+    Refusals (auth, not found, a digest mismatch) are not; the registry client has already retried
+    connection errors, 429 and 5xx on its own.
+    """
+    if isinstance(exc, BlobReadError):
+        return True
+    if isinstance(exc, ContainerdError):
+        return "digest" not in str(exc).lower()
+    return isinstance(exc, OSError)
+
+
+def _platform_image(plat: Platform, desc: Descriptor, body: bytes) -> PlatformImage:
+    doc = json.loads(body)
+    return PlatformImage(
+        platform=plat,
+        manifest=desc,
+        config=Descriptor.from_oci(doc["config"]),
+        layers=[Descriptor.from_oci(layer) for layer in doc.get("layers", [])],
+    )
+
+
+def _plain(desc: Descriptor) -> Descriptor:
+    return Descriptor(media_type=desc.media_type, digest=desc.digest, size=desc.size)
+
+
+def _manifest_gc_labels(body: bytes) -> dict[str, str]:
+    doc = json.loads(body)
+    labels = {f"{GC_REF}.config": str(doc["config"]["digest"])}
+    for i, layer in enumerate(doc.get("layers", [])):
+        labels[f"{GC_REF}.l.{i}"] = str(layer["digest"])
+    return labels
+
+
+def _index_gc_labels(body: bytes) -> dict[str, str]:
+    doc = json.loads(body)
+    return {f"{GC_REF}.m.{i}": str(m["digest"]) for i, m in enumerate(doc.get("manifests", []))}
+
+
+def pull(
+    registry: RegistryClient,
+    containerd: ContainerdClient,
+    ref: Reference,
+    options: PullOptions | None = None,
+    reporter: Reporter | None = None,
+) -> PullResult:
+    """Pull ``ref`` into containerd (see the module docstring); returns what was stored and skipped."""
+    options = options or PullOptions()
+    return Puller(registry, containerd, options, reporter).run(resolve_image(registry, ref, options))

@@ -1,0 +1,112 @@
+"""Push an image record from containerd's content store to a registry with the project's own client.
+
+Used for SOCI index manifest v2: ``soci convert`` writes a new image (rewritten manifests, SOCI indexes,
+zTOCs, a new image index) into containerd, and leaves pushing it to other tools. Order makes a half-finished
+push invisible: every blob first (skipped after a HEAD when the repository already has it, which is the case
+for the original layers), then each manifest by digest, and the tagged index last.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from wrapper.containerd.client import ContainerdClient
+from wrapper.errors import NotFoundError, RegistryError
+from wrapper.models import Descriptor
+from wrapper.progress import QuietReporter, Reporter
+from wrapper.registry.client import RegistryClient
+from wrapper.registry.reference import Reference
+
+log = logging.getLogger("wrapper.push")
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+
+@dataclass
+class PushResult:
+    reference: str
+    digest: str
+    blobs_uploaded: list[str] = field(default_factory=list)
+    blobs_skipped: list[str] = field(default_factory=list)
+    bytes_uploaded: int = 0
+    manifests_pushed: list[str] = field(default_factory=list)
+
+
+class ImagePusher:
+    def __init__(
+        self,
+        containerd: ContainerdClient,
+        registry: RegistryClient,
+        *,
+        reporter: Reporter | None = None,
+        max_concurrent_uploads: int = 4,
+    ) -> None:
+        self.containerd = containerd
+        self.registry = registry
+        self.reporter = reporter or QuietReporter()
+        self.max_concurrent_uploads = max_concurrent_uploads
+
+    def push(self, image_name: str, dest: Reference) -> PushResult:
+        """Push containerd image record ``image_name`` to ``dest`` (its tag is set last)."""
+        if not dest.tag:
+            raise RegistryError(f"cannot push to {dest}: a tag is needed")
+        target = self.containerd.images.get(image_name).target
+        result = PushResult(reference=str(dest), digest=target.digest)
+        if target.is_index:
+            body = self._read_small(target)
+            manifests = [Descriptor.from_oci(m) for m in json.loads(body).get("manifests", [])]
+            for manifest in manifests:
+                self._push_manifest(dest, manifest, result)
+            self.registry.put_manifest(dest, dest.tag, body, target.media_type)
+        else:
+            self._push_manifest(dest, target, result, tag=dest.tag)
+        result.manifests_pushed.append(target.digest)
+        return result
+
+    def _push_manifest(
+        self, dest: Reference, desc: Descriptor, result: PushResult, *, tag: str | None = None
+    ) -> None:
+        if not self.containerd.content.exists(desc.digest):
+            # A platform soci did not convert, whose manifest was never pulled: it must be in the registry.
+            if self.registry.head_manifest(dest, desc.digest) is None:
+                raise NotFoundError(
+                    f"manifest {desc.digest} is neither in containerd nor in {dest.repository}"
+                )
+            return
+        body = self._read_small(desc)
+        doc = json.loads(body)
+        blobs = [Descriptor.from_oci(doc["config"]), *(Descriptor.from_oci(x) for x in doc.get("layers", []))]
+        with ThreadPoolExecutor(self.max_concurrent_uploads, thread_name_prefix="push") as pool:
+            for _ in pool.map(lambda b: self._push_blob(dest, b, result), blobs):
+                pass
+        self.registry.put_manifest(dest, tag or desc.digest, body, desc.media_type)
+        result.manifests_pushed.append(desc.digest)
+
+    def _push_blob(self, dest: Reference, desc: Descriptor, result: PushResult) -> None:
+        if self.registry.blob_exists(dest, desc.digest):
+            result.blobs_skipped.append(desc.digest)
+            return
+        if not self.containerd.content.exists(desc.digest):
+            raise NotFoundError(
+                f"blob {desc.digest} is neither in containerd nor in {dest.registry}/{dest.repository}",
+                hint="push the original image to the same repository first",
+            )
+        self.reporter.blob_started(desc.digest, "upload", desc.size)
+
+        def source() -> Iterator[bytes]:
+            for chunk in self.containerd.content.read(desc.digest):
+                self.reporter.blob_advanced(desc.digest, len(chunk))
+                yield chunk
+
+        self.registry.push_blob(dest, desc, source)
+        self.reporter.blob_finished(desc.digest)
+        result.blobs_uploaded.append(desc.digest)
+        result.bytes_uploaded += desc.size
+
+    def _read_small(self, desc: Descriptor) -> bytes:
+        if desc.size > MAX_MANIFEST_BYTES:
+            raise RegistryError(f"{desc.digest} is too large for a manifest ({desc.size} bytes)")
+        return b"".join(self.containerd.content.read(desc.digest))
