@@ -107,7 +107,12 @@ stamp=".venv/.soci-wrapper-installed"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   log "installing soci-wrapper and its test dependencies into .venv"
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e ".[test]"
+  pip_log="$(mktemp)"
+  if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e ".[test]"; } \
+       >"$pip_log" 2>&1; then
+    cat "$pip_log" >&2; rm -f "$pip_log"
+    log "ERROR: pip install failed"; exit 1
+  fi
+  rm -f "$pip_log"
   echo "$want" > "$stamp"
 fi

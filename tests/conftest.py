@@ -30,5 +30,9 @@ def soci_bin() -> str:
     if found:
         return found
     err = ROOT / ".deps" / "soci-build-error.txt"
-    reason = err.read_text().strip() if err.exists() else "soci binary not found; run scripts/bootstrap.sh"
+    if err.exists():
+        lines = err.read_text().strip().splitlines()
+        reason = " ".join(line.strip() for line in lines[:3])  # the headline and the first error
+    else:
+        reason = "soci binary not found; run scripts/bootstrap.sh"
     pytest.skip(f"soci is not available: {reason}")

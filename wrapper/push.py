@@ -50,40 +50,40 @@ class ImagePusher:
         self.max_concurrent_uploads = max_concurrent_uploads
 
     def push(self, image_name: str, dest: Reference) -> PushResult:
-        """Push containerd image record ``image_name`` to ``dest`` (its tag is set last)."""
+        """Push containerd image record ``image_name`` to ``dest``: all blobs, then the manifests, the tag last."""
         if not dest.tag:
             raise RegistryError(f"cannot push to {dest}: a tag is needed")
         target = self.containerd.images.get(image_name).target
         result = PushResult(reference=str(dest), digest=target.digest)
-        if target.is_index:
-            body = self._read_small(target)
-            manifests = [Descriptor.from_oci(m) for m in json.loads(body).get("manifests", [])]
-            for manifest in manifests:
-                self._push_manifest(dest, manifest, result)
-            self.registry.put_manifest(dest, dest.tag, body, target.media_type)
-        else:
-            self._push_manifest(dest, target, result, tag=dest.tag)
+        top = self._read_small(target)
+        children = (
+            [Descriptor.from_oci(m) for m in json.loads(top).get("manifests", [])] if target.is_index else []
+        )
+        # Each manifest to push (by digest) with its body; a child that containerd does not hold (a platform
+        # soci did not convert and the pull did not fetch) must already be in the registry.
+        manifests: list[tuple[Descriptor, bytes]] = []
+        for child in children:
+            if self.containerd.content.exists(child.digest):
+                manifests.append((child, self._read_small(child)))
+            elif self.registry.head_manifest(dest, child.digest) is None:
+                raise NotFoundError(
+                    f"manifest {child.digest} is neither in containerd nor in {dest.repository}"
+                )
+        blobs: dict[str, Descriptor] = {}
+        for _, body in manifests if target.is_index else [(target, top)]:
+            doc = json.loads(body)
+            for blob in [doc["config"], *doc.get("layers", [])]:
+                desc = Descriptor.from_oci(blob)
+                blobs.setdefault(desc.digest, desc)
+        with ThreadPoolExecutor(self.max_concurrent_uploads, thread_name_prefix="push") as pool:
+            for _ in pool.map(lambda b: self._push_blob(dest, b, result), blobs.values()):
+                pass
+        for desc, body in manifests:
+            self.registry.put_manifest(dest, desc.digest, body, desc.media_type)
+            result.manifests_pushed.append(desc.digest)
+        self.registry.put_manifest(dest, dest.tag, top, target.media_type)
         result.manifests_pushed.append(target.digest)
         return result
-
-    def _push_manifest(
-        self, dest: Reference, desc: Descriptor, result: PushResult, *, tag: str | None = None
-    ) -> None:
-        if not self.containerd.content.exists(desc.digest):
-            # A platform soci did not convert, whose manifest was never pulled: it must be in the registry.
-            if self.registry.head_manifest(dest, desc.digest) is None:
-                raise NotFoundError(
-                    f"manifest {desc.digest} is neither in containerd nor in {dest.repository}"
-                )
-            return
-        body = self._read_small(desc)
-        doc = json.loads(body)
-        blobs = [Descriptor.from_oci(doc["config"]), *(Descriptor.from_oci(x) for x in doc.get("layers", []))]
-        with ThreadPoolExecutor(self.max_concurrent_uploads, thread_name_prefix="push") as pool:
-            for _ in pool.map(lambda b: self._push_blob(dest, b, result), blobs):
-                pass
-        self.registry.put_manifest(dest, tag or desc.digest, body, desc.media_type)
-        result.manifests_pushed.append(desc.digest)
 
     def _push_blob(self, dest: Reference, desc: Descriptor, result: PushResult) -> None:
         if self.registry.blob_exists(dest, desc.digest):

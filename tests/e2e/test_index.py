@@ -1,0 +1,343 @@
+"""The index pipeline through the command line, against a real registry and containerd (and the real soci).
+
+Tests that need soci take the ``soci_bin`` fixture: where bootstrap could not build soci they are skipped with
+the build error as the reason; nothing stands in for soci in them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.sociartifacts import push_soci_v1, push_soci_v2
+from tests.fixtures.registry import RegistryServer
+from tests.imagefactory import AMD64, ARM64, Image, ImageIndex, LayerSpec, build_image, build_index, push_image
+from tests.proxy import HttpProxy
+from wrapper.containerd.client import ContainerdClient
+from wrapper.containerd.images import Image as ImageRecord
+from wrapper.models import (
+    OCI_INDEX,
+    OCI_MANIFEST,
+    SOCI_INDEX_DIGEST_ANNOTATION,
+    SOCI_INDEX_V1,
+    SOCI_INDEX_V2,
+    SOCI_LAYER_DIGEST_ANNOTATION,
+    Descriptor,
+)
+from wrapper.pull import PullOptions, pull
+from wrapper.push import ImagePusher
+from wrapper.registry.auth import CredentialStore
+from wrapper.registry.client import RegistryClient
+from wrapper.registry.reference import Reference
+
+ROOT = Path(__file__).resolve().parents[2]
+MIB = 1 << 20
+NO_CONTAINERD = "/nonexistent/containerd"
+NO_SOCI = "/nonexistent/soci"
+
+
+def seed_for(request: pytest.FixtureRequest) -> int:
+    return int(hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:8], 16)
+
+
+@pytest.fixture
+def client() -> Iterator[RegistryClient]:
+    with RegistryClient(CredentialStore(use_ecr=False)) as c:
+        yield c
+
+
+def two_layers(seed: int) -> list[LayerSpec]:
+    return [LayerSpec(2 * MIB, seed=seed), LayerSpec(100 * 1024, seed=seed + 1)]
+
+
+def push(registry: RegistryServer, client: RegistryClient, repo: str, image: Image | ImageIndex) -> Reference:
+    ref = Reference(registry.host, repo, tag="v1")
+    return ref.with_digest(push_image(client, ref, image))
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SOCI_WRAPPER_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "wrapper.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=ROOT,
+        timeout=timeout,
+    )
+
+
+def our_containerd_processes(work_dir: Path) -> list[int]:
+    """PIDs of containerd processes whose command line points into ``work_dir``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "containerd" in cmdline and str(work_dir) in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def referrers(client: RegistryClient, ref: Reference, subject: str) -> list[Descriptor]:
+    return client.get_referrers(ref, subject, artifact_type=SOCI_INDEX_V1)
+
+
+# -- idempotency and failures, without soci ---------------------------------------------------------------
+def test_v1_already_indexed_is_a_noop(tmp_path: Path, registry: RegistryServer, client: RegistryClient, request) -> None:
+    image = build_image(tmp_path, two_layers(seed_for(request)))
+    ref = push(registry, client, "done/v1", image)
+    index_digest = push_soci_v1(client, ref, image)
+
+    # Neither containerd nor soci may be needed: both point nowhere.
+    args = ["index", str(ref), "--containerd-bin", NO_CONTAINERD, "--soci-bin", NO_SOCI, "--min-layer-size", "1MiB"]
+    proc = run_cli(*args, "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["status"] == "already-indexed"
+    assert [i["soci_index_digest"] for i in report["indexes"]] == [index_digest]
+    assert "pull" not in report["stages"] and "containerd" not in report["stages"]
+
+    human = run_cli(*args)
+    assert human.returncode == 0
+    assert "already indexed" in human.stderr
+
+
+def test_v2_already_indexed_is_a_noop(tmp_path: Path, registry: RegistryServer, client: RegistryClient, request) -> None:
+    image = build_image(tmp_path, two_layers(seed_for(request)))
+    ref = push(registry, client, "done/v2", image)
+    _, soci_digest = push_soci_v2(client, ref, image, "app-soci")
+
+    proc = run_cli(
+        "index", str(ref), "--soci-version", "v2", "--output-tag", "app-soci", "--json",
+        "--containerd-bin", NO_CONTAINERD, "--soci-bin", NO_SOCI,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["status"] == "already-indexed"
+    assert report["indexes"][0]["soci_index_digest"] == soci_digest
+    assert report["pushed_tag"] == "app-soci"
+
+
+def test_v2_output_tag_of_another_image_does_not_count(
+    tmp_path: Path, registry: RegistryServer, client: RegistryClient, request
+) -> None:
+    seed = seed_for(request)
+    image = build_image(tmp_path, two_layers(seed))
+    other = build_image(tmp_path, two_layers(seed + 100))
+    ref = push(registry, client, "other/v2", image)
+    push(registry, client, "other/v2", other)
+    push_soci_v2(client, ref, other, "app-soci")  # the tag holds a SOCI-enabled *other* image
+
+    work = tmp_path / "work"
+    proc = run_cli(
+        "index", str(ref), "--soci-version", "V2", "--output-tag", "app-soci", "--soci-bin", NO_SOCI,
+        "--work-dir", str(work),
+    )  # fmt: skip
+    assert proc.returncode == 9, proc.stderr  # it went on to index, and needed soci
+    assert "soci not found" in proc.stderr
+
+
+def test_missing_soci_is_one_line_and_leaves_nothing(
+    tmp_path: Path, registry: RegistryServer, client: RegistryClient, request
+) -> None:
+    image = build_image(tmp_path, two_layers(seed_for(request)))
+    ref = push(registry, client, "nosoci/app", image)
+    work = tmp_path / "work"
+    proc = run_cli("index", str(ref), "--soci-bin", NO_SOCI, "--work-dir", str(work))
+    assert proc.returncode == 9
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("soci-wrapper: error: soci not found")
+    assert "Traceback" not in proc.stderr
+    assert not work.exists() or list(work.iterdir()) == []
+
+
+def test_failing_soci_stops_containerd_and_removes_the_work_dir(
+    tmp_path: Path, registry: RegistryServer, client: RegistryClient, request
+) -> None:
+    """Whatever soci does, the run's containerd is stopped and its directory removed (here soci is /bin/false)."""
+    image = build_image(tmp_path, two_layers(seed_for(request)))
+    ref = push(registry, client, "failing/app", image)
+    work = tmp_path / "work"
+    proc = run_cli("index", str(ref), "--soci-bin", "/bin/false", "--work-dir", str(work), "--min-layer-size", "1MiB")
+    assert proc.returncode == 7, proc.stderr
+    assert "soci create failed" in proc.stderr
+    assert our_containerd_processes(work) == []
+    assert list(work.iterdir()) == []
+
+
+def test_keep_work_dir_keeps_containerd_log(
+    tmp_path: Path, registry: RegistryServer, client: RegistryClient, request
+) -> None:
+    image = build_image(tmp_path, two_layers(seed_for(request)))
+    ref = push(registry, client, "keep/app", image)
+    work = tmp_path / "work"
+    proc = run_cli(
+        "index", str(ref), "--soci-bin", "/bin/false", "--work-dir", str(work), "--keep-work-dir",
+        "--min-layer-size", "1MiB",
+    )  # fmt: skip
+    assert proc.returncode == 7
+    kept = list(work.iterdir())
+    assert len(kept) == 1
+    assert any(p.name.endswith(".log") for p in kept[0].rglob("*"))
+    assert our_containerd_processes(work) == []
+
+
+def test_v2_push_from_containerd_uploads_only_new_content(
+    tmp_path: Path, registry: RegistryServer, client: RegistryClient, containerd_client: ContainerdClient, request
+) -> None:
+    """The project's own push of a SOCI-enabled image (what follows ``soci convert``), built here by hand in
+    containerd: new blobs and manifests go up, the original layers are only HEADed, the tag comes last."""
+    image = build_image(tmp_path, two_layers(seed_for(request)))
+    ref = push(registry, client, "push/app", image)
+    pull(client, containerd_client, ref, PullOptions(min_layer_size=MIB))  # the small layer is not in containerd
+
+    def put(data: bytes, labels: dict[str, str] | None = None) -> Descriptor:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        containerd_client.content.write(
+            f"test-{digest}", lambda off: [data[off:]], total=len(data), expected=digest, labels=labels
+        )
+        return Descriptor(OCI_MANIFEST, digest, len(data))
+
+    with containerd_client.lease():
+        ztoc = put(b"a ztoc")
+        empty = put(b"{}")
+        soci_doc = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": SOCI_INDEX_V2,
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty.digest, "size": 2},
+            "layers": [{"mediaType": "application/octet-stream", "digest": ztoc.digest, "size": ztoc.size}],
+        }
+        soci = put(json.dumps(soci_doc).encode())
+        manifest = json.loads(image.manifest.read_bytes())
+        manifest["annotations"] = {SOCI_INDEX_DIGEST_ANNOTATION: soci.digest}
+        annotated = put(json.dumps(manifest).encode())
+        index_doc = {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {**annotated.to_oci(), "platform": AMD64.to_oci()},
+                {**soci.to_oci(), "artifactType": SOCI_INDEX_V2, "platform": AMD64.to_oci()},
+            ],
+        }
+        top = put(json.dumps(index_doc).encode())
+        name = f"{ref.registry}/{ref.repository}:converted"
+        containerd_client.images.put(ImageRecord(name, Descriptor(OCI_INDEX, top.digest, top.size), {}))
+
+        with HttpProxy(registry.host) as proxy, RegistryClient(CredentialStore(use_ecr=False)) as via_client:
+            dest = Reference(proxy.host, ref.repository, tag="app-soci")
+            result = ImagePusher(containerd_client, via_client).push(name, dest)
+            requests = proxy.requests
+
+    assert result.digest == top.digest
+    writes = [r for r in requests if r.method in ("POST", "PUT", "PATCH")]
+    for layer in image.layers:
+        assert not any(layer.digest in r.path for r in writes), "an original layer was uploaded again"
+    assert set(result.blobs_uploaded) == {ztoc.digest, empty.digest}
+    manifest_puts = [r.path for r in requests if r.method == "PUT" and "/manifests/" in r.path]
+    assert manifest_puts[-1].endswith("/manifests/app-soci"), manifest_puts
+    last_blob = max(i for i, r in enumerate(requests) if "/blobs/" in r.path)
+    first_manifest = min(i for i, r in enumerate(requests) if r.method == "PUT" and "/manifests/" in r.path)
+    assert last_blob < first_manifest
+    got = client.get_manifest(ref, "app-soci")
+    assert got.descriptor.digest == top.digest
+
+
+# -- end to end with the real soci ------------------------------------------------------------------------
+def index_cli(soci_bin: str, ref: Reference, *extra: str, work: Path) -> dict[str, Any]:
+    proc = run_cli(
+        "index", str(ref), "--soci-bin", soci_bin, "--min-layer-size", "1MiB", "--work-dir", str(work), "--json",
+        *extra,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, Any] = json.loads(proc.stdout)
+    assert our_containerd_processes(work) == []
+    assert list(work.iterdir()) == []
+    return result
+
+
+@pytest.mark.soci
+def test_v1_end_to_end(
+    tmp_path: Path, registry: RegistryServer, client: RegistryClient, soci_bin: str, request
+) -> None:
+    image = build_image(tmp_path, two_layers(seed_for(request)))
+    ref = push(registry, client, "e2e/v1", image)
+    report = index_cli(soci_bin, ref, work=tmp_path / "work")
+    assert report["status"] == "indexed"
+    found = referrers(client, ref, image.digest)
+    assert len(found) == 1 and found[0].digest == report["indexes"][0]["soci_index_digest"]
+    doc = client.get_manifest(ref, found[0].digest).json()
+    assert doc["subject"]["digest"] == image.digest
+    assert SOCI_INDEX_V1 in (doc.get("artifactType"), doc["config"]["mediaType"])
+    covered = [layer["annotations"][SOCI_LAYER_DIGEST_ANNOTATION] for layer in doc["layers"]]
+    assert covered == [image.layers[0].digest]  # the 2 MiB layer; not the 100 KiB one
+
+    again = index_cli(soci_bin, ref, work=tmp_path / "work")
+    assert again["status"] == "already-indexed"
+    assert len(referrers(client, ref, image.digest)) == 1
+    forced = index_cli(soci_bin, ref, "--force", work=tmp_path / "work")
+    assert forced["status"] == "indexed"
+
+
+@pytest.mark.soci
+def test_v1_all_platforms(
+    tmp_path: Path, registry: RegistryServer, client: RegistryClient, soci_bin: str, request
+) -> None:
+    index = build_index(tmp_path, two_layers(seed_for(request)), platforms=(AMD64, ARM64))
+    ref = push(registry, client, "e2e/multi", index)
+    report = index_cli(soci_bin, ref, "--all-platforms", work=tmp_path / "work")
+    assert sorted(i["platform"] for i in report["indexes"]) == ["linux/amd64", "linux/arm64/v8"]
+    for img in index.images:
+        assert len(referrers(client, ref, img.digest)) == 1
+
+
+@pytest.mark.soci
+def test_v2_end_to_end(tmp_path: Path, registry: RegistryServer, client: RegistryClient, soci_bin: str, request) -> None:
+    image = build_image(tmp_path, two_layers(seed_for(request)))
+    ref = push(registry, client, "e2e/v2", image)
+    with HttpProxy(registry.host) as proxy:
+        via = Reference(proxy.host, ref.repository, digest=ref.digest)
+        report = index_cli(soci_bin, via, "--soci-version", "V2", "--output-tag", "app-soci", work=tmp_path / "work")
+        uploads = [r for r in proxy.requests if r.method in ("POST", "PUT", "PATCH")]
+    assert report["pushed_tag"] == "app-soci"
+    for layer in image.layers:
+        assert not any(layer.digest in r.path for r in uploads)
+    out = client.get_manifest(ref, "app-soci").json()
+    entries = [Descriptor.from_oci(m) for m in out["manifests"]]
+    soci_entries = [e for e in entries if e.artifact_type == SOCI_INDEX_V2]
+    images = [e for e in entries if e.artifact_type != SOCI_INDEX_V2]
+    assert len(soci_entries) == 1 and len(images) == 1
+    rewritten = client.get_manifest(ref, images[0].digest).json()
+    original = json.loads(image.manifest.read_bytes())
+    assert rewritten["config"]["digest"] == original["config"]["digest"]
+    assert [x["digest"] for x in rewritten["layers"]] == [x["digest"] for x in original["layers"]]
+    assert rewritten["annotations"][SOCI_INDEX_DIGEST_ANNOTATION] == soci_entries[0].digest
+
+    again = index_cli(soci_bin, via := ref, "--soci-version", "V2", "--output-tag", "app-soci", work=tmp_path / "w2")
+    assert again["status"] == "already-indexed", via
+
+
+@pytest.mark.soci
+def test_all_small_layers_is_nothing_to_index(
+    tmp_path: Path, registry: RegistryServer, client: RegistryClient, soci_bin: str, request
+) -> None:
+    image = build_image(tmp_path, [LayerSpec(64 * 1024, seed=seed_for(request))])
+    ref = push(registry, client, "e2e/small", image)
+    work = tmp_path / "work"
+    proc = run_cli("index", str(ref), "--soci-bin", soci_bin, "--work-dir", str(work), "--min-layer-size", "1MiB")
+    assert proc.returncode == 8, proc.stderr
+    assert "nothing to index" in proc.stderr and "--min-layer-size" in proc.stderr
+    assert our_containerd_processes(work) == [] and list(work.iterdir()) == []
