@@ -14,7 +14,8 @@ from spawn to exit, ``--repeat`` times:
 Fairness: every single measurement gets a containerd of its own, started (untimed) in a fresh directory,
 so its content store is empty: containerd shares blobs across namespaces, so a second pull into the same
 daemon would find them present. All runs read the same registry, whose files are in the page cache after
-the push. The order of the four rotates from round to round. After each run (untimed) the content store is
+the push. The order of the four rotates from round to round, and the disk is synced (untimed) before each
+run so that no writeback from the previous one lands in it. After each run (untimed) the content store is
 checked: all of the image's blobs, or for the sparse pull exactly the large layers, config and manifest.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -115,6 +117,7 @@ def measure(kind: str, setup: Setup, work: Path, run_no: int, args: argparse.Nam
             cmd = [*wrapper, "--full"]
         else:
             cmd = [*wrapper, "--min-layer-size", str(args.min_layer_size)]
+        os.sync()  # untimed: no writeback left over from the previous run lands in this one
         timed = run_timed(cmd, timeout=args.timeout)
         if timed.returncode != 0:
             raise timed.failure(LABELS[kind])

@@ -1,7 +1,7 @@
 """Helpers for scripts/demo.sh: push the sample image, and show what the registry holds afterwards.
 
-    python scripts/demo_image.py push HOST REPO TAG DIR   -> prints REF@DIGEST
-    python scripts/demo_image.py show REF OUTPUT_TAG      -> SOCI indexes (v1 referrers) and the v2 tag
+python scripts/demo_image.py push HOST REPO TAG DIR   -> prints REF@DIGEST
+python scripts/demo_image.py show REF OUTPUT_TAG      -> SOCI indexes (v1 referrers) and the v2 tag
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.imagefactory import AMD64, ARM64, LayerSpec, build_index, push_image  # noqa: E402
-from wrapper.models import SOCI_INDEX_DIGEST_ANNOTATION, SOCI_INDEX_V1, SOCI_INDEX_V2, Descriptor  # noqa: E402
-from wrapper.registry.auth import CredentialStore  # noqa: E402
-from wrapper.registry.client import RegistryClient  # noqa: E402
-from wrapper.registry.reference import Reference  # noqa: E402
+from tests.imagefactory import AMD64, ARM64, LayerSpec, build_index, push_image
+from wrapper.models import SOCI_INDEX_DIGEST_ANNOTATION, SOCI_INDEX_V1, SOCI_INDEX_V2, Descriptor
+from wrapper.registry.auth import CredentialStore
+from wrapper.registry.client import RegistryClient
+from wrapper.registry.reference import Reference
 
 MIB = 1 << 20
 

@@ -8,8 +8,8 @@ cd "$root"
 scripts/bootstrap.sh
 
 echo "== ruff"
-.venv/bin/ruff check wrapper tests benchmarks
-.venv/bin/ruff format --check wrapper tests benchmarks
+.venv/bin/ruff check wrapper tests benchmarks scripts
+.venv/bin/ruff format --check wrapper tests benchmarks scripts
 echo "== mypy"
 .venv/bin/mypy
 echo "== pytest"

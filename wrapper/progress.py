@@ -194,9 +194,10 @@ class RichReporter(PlainReporter):
 def make_reporter(
     *, quiet: bool = False, console: Console | None = None, force_plain: bool = False
 ) -> Reporter:
-    """Pick the reporter for this run: quiet, rich (stderr is a terminal) or plain lines."""
+    """Pick the reporter for this run: quiet, rich bars (on a terminal, without NO_COLOR) or plain lines."""
     if quiet:
         return QuietReporter()
-    if not force_plain and sys.stderr.isatty() and not os.environ.get("NO_COLOR"):
+    interactive = sys.stdout.isatty() and sys.stderr.isatty()  # piped into a log: plain lines
+    if not force_plain and interactive and not os.environ.get("NO_COLOR"):
         return RichReporter(console)
     return PlainReporter()

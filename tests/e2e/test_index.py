@@ -19,7 +19,16 @@ import pytest
 
 from tests.e2e.sociartifacts import push_soci_v1, push_soci_v2
 from tests.fixtures.registry import RegistryServer
-from tests.imagefactory import AMD64, ARM64, Image, ImageIndex, LayerSpec, build_image, build_index, push_image
+from tests.imagefactory import (
+    AMD64,
+    ARM64,
+    Image,
+    ImageIndex,
+    LayerSpec,
+    build_image,
+    build_index,
+    push_image,
+)
 from tests.proxy import HttpProxy
 from wrapper.containerd.client import ContainerdClient
 from wrapper.containerd.images import Image as ImageRecord
@@ -63,7 +72,9 @@ def push(registry: RegistryServer, client: RegistryClient, repo: str, image: Ima
     return ref.with_digest(push_image(client, ref, image))
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SOCI_WRAPPER_")}
     full_env.update(env or {})
     return subprocess.run(
@@ -96,13 +107,24 @@ def referrers(client: RegistryClient, ref: Reference, subject: str) -> list[Desc
 
 
 # -- idempotency and failures, without soci ---------------------------------------------------------------
-def test_v1_already_indexed_is_a_noop(tmp_path: Path, registry: RegistryServer, client: RegistryClient, request) -> None:
+def test_v1_already_indexed_is_a_noop(
+    tmp_path: Path, registry: RegistryServer, client: RegistryClient, request
+) -> None:
     image = build_image(tmp_path, two_layers(seed_for(request)))
     ref = push(registry, client, "done/v1", image)
     index_digest = push_soci_v1(client, ref, image)
 
     # Neither containerd nor soci may be needed: both point nowhere.
-    args = ["index", str(ref), "--containerd-bin", NO_CONTAINERD, "--soci-bin", NO_SOCI, "--min-layer-size", "1MiB"]
+    args = [
+        "index",
+        str(ref),
+        "--containerd-bin",
+        NO_CONTAINERD,
+        "--soci-bin",
+        NO_SOCI,
+        "--min-layer-size",
+        "1MiB",
+    ]
     proc = run_cli(*args, "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
@@ -115,7 +137,9 @@ def test_v1_already_indexed_is_a_noop(tmp_path: Path, registry: RegistryServer, 
     assert "already indexed" in human.stderr
 
 
-def test_v2_already_indexed_is_a_noop(tmp_path: Path, registry: RegistryServer, client: RegistryClient, request) -> None:
+def test_v2_already_indexed_is_a_noop(
+    tmp_path: Path, registry: RegistryServer, client: RegistryClient, request
+) -> None:
     image = build_image(tmp_path, two_layers(seed_for(request)))
     ref = push(registry, client, "done/v2", image)
     _, soci_digest = push_soci_v2(client, ref, image, "app-soci")
@@ -171,7 +195,9 @@ def test_failing_soci_stops_containerd_and_removes_the_work_dir(
     image = build_image(tmp_path, two_layers(seed_for(request)))
     ref = push(registry, client, "failing/app", image)
     work = tmp_path / "work"
-    proc = run_cli("index", str(ref), "--soci-bin", "/bin/false", "--work-dir", str(work), "--min-layer-size", "1MiB")
+    proc = run_cli(
+        "index", str(ref), "--soci-bin", "/bin/false", "--work-dir", str(work), "--min-layer-size", "1MiB"
+    )
     assert proc.returncode == 7, proc.stderr
     assert "soci create failed" in proc.stderr
     assert our_containerd_processes(work) == []
@@ -196,13 +222,19 @@ def test_keep_work_dir_keeps_containerd_log(
 
 
 def test_v2_push_from_containerd_uploads_only_new_content(
-    tmp_path: Path, registry: RegistryServer, client: RegistryClient, containerd_client: ContainerdClient, request
+    tmp_path: Path,
+    registry: RegistryServer,
+    client: RegistryClient,
+    containerd_client: ContainerdClient,
+    request,
 ) -> None:
     """The project's own push of a SOCI-enabled image (what follows ``soci convert``), built here by hand in
     containerd: new blobs and manifests go up, the original layers are only HEADed, the tag comes last."""
     image = build_image(tmp_path, two_layers(seed_for(request)))
     ref = push(registry, client, "push/app", image)
-    pull(client, containerd_client, ref, PullOptions(min_layer_size=MIB))  # the small layer is not in containerd
+    pull(
+        client, containerd_client, ref, PullOptions(min_layer_size=MIB)
+    )  # the small layer is not in containerd
 
     def put(data: bytes, labels: dict[str, str] | None = None) -> Descriptor:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -305,12 +337,16 @@ def test_v1_all_platforms(
 
 
 @pytest.mark.soci
-def test_v2_end_to_end(tmp_path: Path, registry: RegistryServer, client: RegistryClient, soci_bin: str, request) -> None:
+def test_v2_end_to_end(
+    tmp_path: Path, registry: RegistryServer, client: RegistryClient, soci_bin: str, request
+) -> None:
     image = build_image(tmp_path, two_layers(seed_for(request)))
     ref = push(registry, client, "e2e/v2", image)
     with HttpProxy(registry.host) as proxy:
         via = Reference(proxy.host, ref.repository, digest=ref.digest)
-        report = index_cli(soci_bin, via, "--soci-version", "V2", "--output-tag", "app-soci", work=tmp_path / "work")
+        report = index_cli(
+            soci_bin, via, "--soci-version", "V2", "--output-tag", "app-soci", work=tmp_path / "work"
+        )
         uploads = [r for r in proxy.requests if r.method in ("POST", "PUT", "PATCH")]
     assert report["pushed_tag"] == "app-soci"
     for layer in image.layers:
@@ -326,7 +362,9 @@ def test_v2_end_to_end(tmp_path: Path, registry: RegistryServer, client: Registr
     assert [x["digest"] for x in rewritten["layers"]] == [x["digest"] for x in original["layers"]]
     assert rewritten["annotations"][SOCI_INDEX_DIGEST_ANNOTATION] == soci_entries[0].digest
 
-    again = index_cli(soci_bin, via := ref, "--soci-version", "V2", "--output-tag", "app-soci", work=tmp_path / "w2")
+    again = index_cli(
+        soci_bin, via := ref, "--soci-version", "V2", "--output-tag", "app-soci", work=tmp_path / "w2"
+    )
     assert again["status"] == "already-indexed", via
 
 
@@ -337,7 +375,9 @@ def test_all_small_layers_is_nothing_to_index(
     image = build_image(tmp_path, [LayerSpec(64 * 1024, seed=seed_for(request))])
     ref = push(registry, client, "e2e/small", image)
     work = tmp_path / "work"
-    proc = run_cli("index", str(ref), "--soci-bin", soci_bin, "--work-dir", str(work), "--min-layer-size", "1MiB")
+    proc = run_cli(
+        "index", str(ref), "--soci-bin", soci_bin, "--work-dir", str(work), "--min-layer-size", "1MiB"
+    )
     assert proc.returncode == 8, proc.stderr
     assert "nothing to index" in proc.stderr and "--min-layer-size" in proc.stderr
     assert our_containerd_processes(work) == [] and list(work.iterdir()) == []
