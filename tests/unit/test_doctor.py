@@ -7,11 +7,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def doctor(*args: str, env: dict[str, str] | None = None) -> tuple[int, dict]:
+def doctor(*args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
     full_env = {k: v for k, v in os.environ.items() if k != "SOCI_BIN"}
     full_env.update(env or {})
     proc = subprocess.run(
