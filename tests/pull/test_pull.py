@@ -386,3 +386,35 @@ def test_cli_pull_from_ecr_with_token_from_moto(
     assert f'"{moto_ecr.username}"' in tls_registry.log_tail(
         400
     ) or moto_ecr.username in tls_registry.log_tail(400)
+
+
+def test_cli_pull_with_credential_helper(
+    tmp_path: Path, tls_registry: RegistryServer, containerd, containerd_namespace: str, request
+) -> None:
+    """A docker config naming a credential helper: the tool runs docker-credential-<name> get."""
+    assert tls_registry.username and tls_registry.password and tls_registry.ca_file
+    image = build_image(tmp_path, [LayerSpec(2 * MIB, seed=seed_for(request))])
+    creds = CredentialStore(
+        explicit={tls_registry.host: Credentials(tls_registry.username, tls_registry.password)}
+    )
+    with RegistryClient(creds, ca_file=tls_registry.ca_file) as client:
+        ref = push(tls_registry, client, "cli/helper", image)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    asked = tmp_path / "asked.txt"
+    helper = bin_dir / "docker-credential-sociwrappertest"
+    answer = json.dumps(
+        {"ServerURL": tls_registry.host, "Username": tls_registry.username, "Secret": tls_registry.password}
+    )
+    helper.write_text(f"#!/bin/sh\n[ \"$1\" = get ] || exit 1\ncat > {asked}\necho '{answer}'\n")
+    helper.chmod(0o755)
+    cfg = tmp_path / "docker"
+    cfg.mkdir()
+    (cfg / "config.json").write_text(json.dumps({"credHelpers": {tls_registry.host: "sociwrappertest"}}))
+    proc = run_cli(
+        "pull", str(ref), "--containerd-address", containerd.address, "--namespace", containerd_namespace,
+        "--ca-file", tls_registry.ca_file, "--quiet", "--docker-config", str(cfg),
+        env={"PATH": f"{bin_dir}:{os.environ['PATH']}"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert asked.read_text().strip() == tls_registry.host

@@ -215,3 +215,39 @@ def test_ecr_public_falls_back_to_anonymous(moto_ecr, tmp_path, caplog):
     # moto has no ecr-public; the failure is logged and the store falls back (pulls work anonymously).
     assert CredentialStore(docker_config_dir=tmp_path).get("public.ecr.aws") is None
     assert "no ECR Public token" in caplog.text
+
+
+def test_ecr_public_token_is_decoded_and_cached(tmp_path, monkeypatch):
+    """moto has no ecr-public: botocore's Stubber answers for AWS, and the store's own code does the rest."""
+    import base64
+    import datetime
+
+    import boto3
+    from botocore.stub import Stubber
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    client = boto3.client("ecr-public", region_name="us-east-1")
+    stubber = Stubber(client)
+    token = base64.b64encode(b"AWS:public-token-1").decode()
+    expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=12)
+    stubber.add_response(
+        "get_authorization_token",
+        {"authorizationData": {"authorizationToken": token, "expiresAt": expires}},
+        {},
+    )
+    asked: list[tuple[str, str]] = []
+    store = CredentialStore(docker_config_dir=tmp_path)
+
+    def fake_client(service: str, region: str):
+        asked.append((service, region))
+        return client
+
+    monkeypatch.setattr(store, "_boto_client", fake_client)
+    with stubber:
+        creds = store.get("public.ecr.aws")
+        again = store.get("public.ecr.aws")  # cached until shortly before expiresAt: no second call
+    assert creds is not None and creds.username == "AWS" and creds.password == "public-token-1"
+    assert again == creds
+    assert asked == [("ecr-public", "us-east-1")]
+    stubber.assert_no_pending_responses()
