@@ -15,7 +15,9 @@ Started by tests/e2e/test_ecr_namespace.py as root, as
    only moto's token can explain the CLI getting in as ``AWS``), and for ``already-indexed``/``no-ca`` a
    well-formed SOCI index v1 plus its referrers tag ``sha256-<hex>``;
 5. runs the CLI with the seed's flags while a watcher thread reads /proc/*/cmdline every few milliseconds
-   looking for the registry password (or the base64 of ``AWS:<password>``) in any process's argv;
+   looking for the registry password (or the base64 of ``AWS:<password>``) in any process's argv, and
+   noting every process the CLI started under its --work-dir (containerd, soci); a canary process started
+   first proves the watcher sees short-lived argvs;
 6. inspects the registry (referrers, the referrers tag), looks for leftover containerd processes and work
    directories, stops everything, and prints one JSON object on stdout.
 
@@ -96,18 +98,26 @@ def log(message: str) -> None:
 # -- argv watcher -----------------------------------------------------------------------------------------
 @dataclass
 class ArgvWatcher:
-    """Reads every process's /proc/PID/cmdline in a loop and records the ones containing a needle."""
+    """Reads every process's /proc/PID/cmdline in a loop and records the ones containing a needle.
+
+    It also records every process whose argv mentions ``watch_path`` (the CLI's --work-dir: containerd's
+    --config and soci's --root lie under it), which shows what the CLI started and that the watcher saw it.
+    """
 
     needles: Sequence[str]
     canary: str
-    interval: float = 0.003
+    watch_path: str
+    interval: float = 0.002
     scans: int = 0
     leaks: list[dict[str, Any]] = field(default_factory=list)
+    # (pid, argv) pairs: a forked child shows its parent's argv until it execs, so a pid can have two.
+    started: list[tuple[int, list[str]]] = field(default_factory=list)
     canary_seen: bool = False
     errors: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
-    _seen: set[tuple[int, str]] = field(default_factory=set)
+    _started_keys: set[tuple[int, bytes]] = field(default_factory=set)
+    _leak_keys: set[tuple[int, bytes]] = field(default_factory=set)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="argv-watcher", daemon=True)
@@ -121,16 +131,17 @@ class ArgvWatcher:
     def _loop(self) -> None:
         needles = [n.encode() for n in self.needles]
         canary = self.canary.encode()
+        watch = self.watch_path.encode()
         me = os.getpid()
         while not self._stop.is_set():
             try:
-                self.scan(needles, canary, me)
+                self.scan(needles, canary, watch, me)
             except Exception as exc:  # keep watching; report what went wrong
                 if len(self.errors) < 5:
                     self.errors.append(f"{type(exc).__name__}: {exc}")
             self._stop.wait(self.interval)
 
-    def scan(self, needles: Sequence[bytes], canary: bytes, me: int) -> None:
+    def scan(self, needles: Sequence[bytes], canary: bytes, watch: bytes, me: int) -> None:
         for entry in os.scandir("/proc"):
             if not entry.name.isdigit() or int(entry.name) == me:
                 continue
@@ -141,17 +152,22 @@ class ArgvWatcher:
                 continue  # gone already
             if canary in raw:
                 self.canary_seen = True
+            pid = int(entry.name)
+            if watch in raw and (pid, raw) not in self._started_keys:
+                self._started_keys.add((pid, raw))
+                self.started.append((pid, _split(raw)))
             for needle in needles:
-                if needle in raw:
-                    argv = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-                    key = (int(entry.name), " ".join(argv))
-                    if key not in self._seen:
-                        self._seen.add(key)
-                        self.leaks.append({"pid": int(entry.name), "argv": argv})
+                if needle in raw and (pid, raw) not in self._leak_keys:
+                    self._leak_keys.add((pid, raw))
+                    self.leaks.append({"pid": pid, "argv": _split(raw)})
         self.scans += 1
 
 
 # -- processes ------------------------------------------------------------------------------------------
+def _split(raw: bytes) -> list[str]:
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
 def _cmdlines() -> Iterator[tuple[int, list[str]]]:
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -162,7 +178,7 @@ def _cmdlines() -> Iterator[tuple[int, list[str]]]:
         except OSError:
             continue
         if raw:
-            yield int(entry.name), [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+            yield int(entry.name), _split(raw)
 
 
 def processes_mentioning(text: str, *, exclude: Sequence[int] = ()) -> list[dict[str, Any]]:
@@ -250,13 +266,28 @@ def inspect_registry(client: RegistryClient, ref: Reference, image_digest: str) 
     return out
 
 
-# -- registry log -----------------------------------------------------------------------------------------
-_USER_RE = re.compile(r'auth\.user\.name="?([^"\s]+)"?')
+# -- server logs ----------------------------------------------------------------------------------------
+def read_from(path: Path, offset: int) -> str:
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        return fh.read().decode(errors="replace")
 
 
-def registry_users(log_text: str) -> list[str]:
-    """User names distribution logged for authenticated requests (``auth.user.name=...``)."""
-    return sorted(set(_USER_RE.findall(log_text)))
+def registry_auth_summary(log_text: str) -> dict[str, int]:
+    """Authenticated and refused requests in a slice of distribution's log (it does not log user names).
+
+    A refusal is either the challenge to a request sent without credentials (what every client does first)
+    or wrong credentials: both are "error authorizing context" lines.
+    """
+    return {
+        "authorized": log_text.count('msg="authorized request"'),
+        "refused": log_text.count('msg="error authorizing context'),
+    }
+
+
+def moto_requests(log_text: str) -> int:
+    """API calls moto answered (werkzeug's access log: ``"POST / HTTP/1.1" 200``)."""
+    return len(re.findall(r'"POST / HTTP/1\.[01]" 200', log_text))
 
 
 # -- the scenario ---------------------------------------------------------------------------------------
@@ -278,6 +309,27 @@ def cli_command() -> list[str]:
     if script.is_file():
         return [str(script)]
     return [sys.executable, "-c", "import sys; from wrapper.cli import main; sys.exit(main())"]
+
+
+def stop_cli(proc: subprocess.Popen[str], work_parent: Path) -> None:
+    """Last resort when the driver is unwinding: the CLI's process group, then any containerd of this run
+    (it runs in a session of its own, so it is found by its --config under ``work_parent``), by pid."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            proc.communicate(timeout=10)
+    for leftover in containerd_processes_under(work_parent):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(leftover["pid"], signal.SIGKILL)
+
+
+class Terminated(Exception):
+    """SIGTERM from the test (its timeout): unwind so everything started here is stopped."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated("terminated by SIGTERM")
 
 
 def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
@@ -371,13 +423,16 @@ def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
         elif args.soci_bin:
             argv += ["--soci-bin", args.soci_bin]
         result["cli_argv"] = argv
-        log_offset = registry.log_path.stat().st_size
+        registry_offset = registry.log_path.stat().st_size
+        moto_offset = moto.log_path.stat().st_size
 
-        watcher = ArgvWatcher(SECRETS, CANARY)
+        watcher = ArgvWatcher(SECRETS, CANARY, str(work_parent))
         watcher.start()
         stack.callback(watcher.stop)
         # The watcher must see a short-lived process's argv, or its silence proves nothing.
-        subprocess.run(["sleep", "0.2", CANARY], check=False, timeout=10)
+        subprocess.run(
+            [sys.executable, "-c", "import time; time.sleep(0.2)", CANARY], check=False, timeout=30
+        )
         started = time.monotonic()
         proc = subprocess.Popen(
             argv,
@@ -389,13 +444,19 @@ def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
             cwd=base,
             start_new_session=True,
         )
+        stack.callback(stop_cli, proc, work_parent)
         try:
             stdout, stderr = proc.communicate(timeout=CLI_TIMEOUT)
             result["timed_out"] = False
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            stdout, stderr = proc.communicate(timeout=30)
+            log(f"the CLI did not finish within {CLI_TIMEOUT:.0f} s; stopping it")
+            proc.send_signal(signal.SIGTERM)  # it unwinds on SIGTERM: stops its containerd, removes files
+            try:
+                stdout, stderr = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                stdout, stderr = proc.communicate(timeout=30)
             result["timed_out"] = True
         result["cli_seconds"] = round(time.monotonic() - started, 2)
         time.sleep(0.05)  # one more scan after the CLI's last child is gone
@@ -415,14 +476,24 @@ def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
             "canary_seen": watcher.canary_seen,
             "errors": watcher.errors,
         }
+        # What the CLI started under its work dir: containerd (--config), soci (--root). The CLI's own argv
+        # (its --work-dir names the same directory; its children show it too until they exec) is left out.
+        cli_argvs = [a for pid, a in watcher.started if pid == proc.pid]
+        result["started_under_work_dir"] = [
+            {"pid": pid, "program": Path(a[0]).name, "argv": a}
+            for pid, a in watcher.started
+            if a not in cli_argvs
+        ]
         result["leftover_containerd"] = containerd_processes_under(work_parent)
         result["leftover_processes"] = processes_mentioning(str(work_parent), exclude=(os.getpid(),))
         result["work_dir_entries"] = sorted(str(p.relative_to(work_parent)) for p in work_parent.rglob("*"))
-        result["tmp_dir_entries"] = sorted(str(p.relative_to(base / "tmp")) for p in (base / "tmp").rglob("*"))
-        with registry.log_path.open("rb") as fh:
-            fh.seek(log_offset)
-            cli_log = fh.read().decode(errors="replace")
-        result["registry_users_during_cli"] = registry_users(cli_log)
+        result["tmp_dir_entries"] = sorted(
+            str(p.relative_to(base / "tmp")) for p in (base / "tmp").rglob("*")
+        )
+        result["registry_auth_during_cli"] = registry_auth_summary(
+            read_from(registry.log_path, registry_offset)
+        )
+        result["moto_calls_during_cli"] = moto_requests(read_from(moto.log_path, moto_offset))
 
         # 6. What the registry holds now.
         with RegistryClient(setup_store, ca_file=registry.ca_file, max_attempts=2) as client:
@@ -444,6 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if shutil.which(tool) is None:
             print(json.dumps({"driver_error": f"{tool} is not installed"}))
             return 2
+    signal.signal(signal.SIGTERM, _on_sigterm)
     result: dict[str, Any] = {"scenario": args.scenario}
     code = 0
     try:

@@ -707,7 +707,10 @@ class RegistryClient:
                 release_conn=False,
             )
         except Urllib3SSLError as exc:
-            raise RegistryError(f"TLS connection to {netloc} failed: {_one_line(exc)}") from None
+            raise RegistryError(
+                f"TLS connection to {netloc} failed: {_one_line(exc)}",
+                hint="pass --ca-file with the CA that signed the registry's certificate",
+            ) from None
         except (Urllib3HTTPError, OSError) as exc:
             raise _Transient(f"cannot reach {netloc}: {_one_line(exc)}") from None
 
