@@ -131,8 +131,9 @@ class Stages:
         self.seconds: dict[str, float] = {}
 
     @contextlib.contextmanager
-    def __call__(self, name: str, detail: str = "") -> Iterator[None]:
-        self.reporter.stage(name, detail)
+    def __call__(self, name: str, detail: str = "", *, announce: bool = True) -> Iterator[None]:
+        if announce:
+            self.reporter.stage(name, detail)
         started = time.monotonic()
         try:
             yield
@@ -220,8 +221,6 @@ def run_index(
             registry.credentials.get(ref.registry)  # an ECR token is fetched here: fail early and clearly
         with stages("resolve", str(ref)):
             image = resolve_image(registry, ref, request.pull)
-            if not ref.digest:
-                ref = ref.with_digest(image.digest)
         report = IndexReport(
             image=str(request.reference),
             digest=image.digest,
@@ -246,27 +245,29 @@ def run_index(
                 "soci not found", hint="run scripts/bootstrap.sh, set SOCI_BIN or pass --soci-bin"
             )
 
-        with run_directory(daemon_options) as run_dir:
+        # The containerd session (and the run directory) last until the end of this block.
+        with run_directory(daemon_options) as run_dir, contextlib.ExitStack() as daemon:
             if daemon_options.keep_work_dir:
                 report.work_dir = str(run_dir)
-            with stages("containerd"), containerd_session(daemon_options, run_dir) as client:
-                with stages("pull"):
-                    pulled = Puller(registry, client, request.pull, reporter).run(image)
-                report.pull = pulled.summary()
-                soci = Soci(
-                    binary=soci_bin,
-                    address=_socket_of(client),
-                    namespace=client.namespace,
-                    root=run_dir / "soci-root",
-                    tmp_dir=run_dir / "tmp",
-                    timeout=request.soci_timeout,
-                    debug=request.debug,
-                )
-                push_auth = _push_auth(registry, ref)
-                if request.soci_version == "V1":
-                    _index_v1(request, pulled, soci, client, push_auth, report, stages)
-                else:
-                    _index_v2(request, pulled, soci, client, registry, report, stages, reporter)
+            with stages("containerd"):
+                client = daemon.enter_context(containerd_session(daemon_options, run_dir))
+            with stages("pull", announce=False):  # the puller announces itself, with what it fetches
+                pulled = Puller(registry, client, request.pull, reporter).run(image)
+            report.pull = pulled.summary()
+            soci = Soci(
+                binary=soci_bin,
+                address=_socket_of(client),
+                namespace=client.namespace,
+                root=run_dir / "soci-root",
+                tmp_dir=run_dir / "tmp",
+                timeout=request.soci_timeout,
+                debug=request.debug,
+            )
+            push_auth = _push_auth(registry, ref)
+            if request.soci_version == "V1":
+                _index_v1(request, pulled, soci, client, push_auth, report, stages)
+            else:
+                _index_v2(request, pulled, soci, client, registry, report, stages, reporter)
     return report
 
 
