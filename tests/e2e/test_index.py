@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,15 +16,13 @@ import pytest
 
 from tests.e2e.sociartifacts import push_soci_v1, push_soci_v2
 from tests.fixtures.registry import RegistryServer
+from tests.helpers import MIB, push, run_cli, seed_for
 from tests.imagefactory import (
     AMD64,
     ARM64,
-    Image,
-    ImageIndex,
     LayerSpec,
     build_image,
     build_index,
-    push_image,
 )
 from tests.proxy import HttpProxy
 from wrapper.containerd.client import ContainerdClient
@@ -47,14 +42,8 @@ from wrapper.registry.auth import CredentialStore
 from wrapper.registry.client import RegistryClient
 from wrapper.registry.reference import Reference
 
-ROOT = Path(__file__).resolve().parents[2]
-MIB = 1 << 20
 NO_CONTAINERD = "/nonexistent/containerd"
 NO_SOCI = "/nonexistent/soci"
-
-
-def seed_for(request: pytest.FixtureRequest) -> int:
-    return int(hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:8], 16)
 
 
 @pytest.fixture
@@ -65,26 +54,6 @@ def client() -> Iterator[RegistryClient]:
 
 def two_layers(seed: int) -> list[LayerSpec]:
     return [LayerSpec(2 * MIB, seed=seed), LayerSpec(100 * 1024, seed=seed + 1)]
-
-
-def push(registry: RegistryServer, client: RegistryClient, repo: str, image: Image | ImageIndex) -> Reference:
-    ref = Reference(registry.host, repo, tag="v1")
-    return ref.with_digest(push_image(client, ref, image))
-
-
-def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 600
-) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SOCI_WRAPPER_")}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "wrapper.cli", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        cwd=ROOT,
-        timeout=timeout,
-    )
 
 
 def our_containerd_processes(work_dir: Path) -> list[int]:

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures.registry import ECR_HOST, RegistryServer
+from tests.helpers import MIB, push, run_cli, seed_for
 from tests.imagefactory import (
     AMD64,
     ARM64,
-    Image,
-    ImageIndex,
     LayerSpec,
     build_image,
     build_index,
@@ -32,14 +28,7 @@ from wrapper.registry.auth import Credentials, CredentialStore
 from wrapper.registry.client import RegistryClient
 from wrapper.registry.reference import Reference
 
-ROOT = Path(__file__).resolve().parents[2]
-MIB = 1 << 20
 THRESHOLD = 1 * MIB  # tests use a small --min-layer-size so that images stay small
-
-
-def seed_for(request: pytest.FixtureRequest) -> int:
-    """Distinct content per test: the session's containerd shares blobs across namespaces."""
-    return int(hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:8], 16)
 
 
 @pytest.fixture
@@ -54,12 +43,6 @@ def three_layers(seed: int) -> list[LayerSpec]:
         LayerSpec(200 * 1024, seed=seed + 1),  # under the threshold: sparse pulls skip it
         LayerSpec(int(1.5 * MIB), seed=seed + 2),
     ]
-
-
-def push(registry: RegistryServer, client: RegistryClient, repo: str, image: Image | ImageIndex) -> Reference:
-    ref = Reference(registry.host, repo, tag="v1")
-    digest = push_image(client, ref, image)
-    return ref.with_digest(digest)
 
 
 def stored(client: ContainerdClient) -> set[str]:
@@ -243,20 +226,6 @@ def test_resume_after_cut_asks_for_the_rest(
 
 
 # -- the command line ------------------------------------------------------------------------------------
-def run_cli(
-    *args: str, stdin: str = "", env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "wrapper.cli", *args],
-        capture_output=True,
-        text=True,
-        input=stdin,
-        env=full_env,
-        cwd=ROOT,
-        timeout=300,
-    )
 
 
 def test_cli_pull_json_and_plain_progress(

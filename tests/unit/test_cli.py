@@ -3,34 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_cli
 from wrapper.cli import _normalise_argv, _resolve_index_reference, build_parser, parse_size
 from wrapper.errors import ExitCode, UsageError
 
-ROOT = Path(__file__).resolve().parents[2]
 DIGEST = "sha256:" + "ab" * 32
-
-
-def run_cli(
-    *args: str, env: dict[str, str] | None = None, stdin: str = ""
-) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SOCI_WRAPPER_")}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "wrapper.cli", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        input=stdin,
-        cwd=ROOT,
-        timeout=60,
-    )
 
 
 def parse(*args: str) -> argparse.Namespace:

@@ -1,0 +1,47 @@
+"""Small helpers shared by the test modules: running the CLI, distinct content per test, pushing images."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.registry import RegistryServer
+from tests.imagefactory import Image, ImageIndex, push_image
+from wrapper.registry.client import RegistryClient
+from wrapper.registry.reference import Reference
+
+ROOT = Path(__file__).resolve().parent.parent
+MIB = 1 << 20
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, stdin: str = "", timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """``soci-wrapper ARGS`` in a child process, without the caller's SOCI_WRAPPER_* variables."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SOCI_WRAPPER_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "wrapper.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        input=stdin,
+        cwd=ROOT,
+        timeout=timeout,
+    )
+
+
+def seed_for(request: pytest.FixtureRequest) -> int:
+    """Distinct image content per test: the session's containerd shares blobs across namespaces."""
+    return int(hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:8], 16)
+
+
+def push(registry: RegistryServer, client: RegistryClient, repo: str, image: Image | ImageIndex) -> Reference:
+    """Push ``image`` as ``repo:v1``; returns its reference pinned by digest."""
+    ref = Reference(registry.host, repo, tag="v1")
+    return ref.with_digest(push_image(client, ref, image))
