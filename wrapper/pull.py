@@ -37,6 +37,10 @@ SOURCE_LABEL = "containerd.io/distribution.source"
 BLOB_ATTEMPTS = 5
 
 
+class PullCancelled(Exception):
+    """Raised inside a transfer thread when another transfer failed or the run was interrupted."""
+
+
 @dataclass(frozen=True)
 class PullOptions:
     platforms: Sequence[Platform] = ()
@@ -207,6 +211,7 @@ class Puller:
         self.reporter = reporter or QuietReporter()
         self._records: list[BlobRecord] = []
         self._lock = threading.Lock()
+        self._stop = threading.Event()
 
     # -- the pull ----------------------------------------------------------------------------------------
     def run(self, image: ResolvedImage) -> PullResult:
@@ -277,16 +282,21 @@ class Puller:
             return
         # Large blobs first, so the longest transfers start early.
         ordered = sorted(tasks, key=lambda t: -t[0].size)
-        with ThreadPoolExecutor(self.options.max_concurrent_downloads, thread_name_prefix="pull") as pool:
-            futures: list[Future[None]] = [
-                pool.submit(self._fetch_blob, ref, desc, kind, plat, labels) for desc, kind, plat in ordered
-            ]
-            _done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            for fut in pending:
-                fut.cancel()
+        pool = ThreadPoolExecutor(self.options.max_concurrent_downloads, thread_name_prefix="pull")
+        futures: list[Future[None]] = [
+            pool.submit(self._fetch_blob, ref, desc, kind, plat, labels) for desc, kind, plat in ordered
+        ]
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
             for fut in futures:
-                if fut.done() and not fut.cancelled() and fut.exception() is not None:
-                    raise fut.exception()  # type: ignore[misc]
+                if fut.done() and not fut.cancelled() and (exc := fut.exception()) is not None:
+                    raise exc
+        except BaseException:
+            # A failed blob, Ctrl-C or SIGTERM: stop the other transfers at their next chunk, not at their end.
+            self._stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
 
     def _fetch_blob(
         self, ref: Reference, desc: Descriptor, kind: str, plat: str, labels: dict[str, str]
@@ -311,6 +321,8 @@ class Puller:
                 log.info("resuming %s at byte %d", desc.digest, offset)
             with self.registry.open_blob(ref, desc.digest, offset=offset) as stream:
                 for chunk in stream:
+                    if self._stop.is_set():
+                        raise PullCancelled(desc.digest)
                     record.bytes_downloaded += len(chunk)
                     yield chunk
 
