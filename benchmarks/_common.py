@@ -197,8 +197,11 @@ def check_content(address: str, namespace: str, expected: Expected) -> None:
 
 
 # -- running commands ---------------------------------------------------------------------------------------
-def soci_wrapper_command() -> list[str]:
-    """The installed console script next to this Python, else ``python -m wrapper.cli``."""
+def soci_wrapper_command(override: str | None = None) -> list[str]:
+    """``override`` (split on spaces), else the console script next to this Python, else
+    ``python -m wrapper.cli``."""
+    if override:
+        return override.split()
     script = Path(sys.executable).with_name("soci-wrapper")
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)]
@@ -252,6 +255,7 @@ def machine_info() -> dict[str, Any]:
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "cpus": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "memory": mem_total,
         "kernel": platform.release(),
         "python": platform.python_version(),

@@ -49,6 +49,7 @@ from benchmarks._common import (
     work_directory,
 )
 from wrapper.cli import parse_size
+from wrapper.errors import WrapperError
 from wrapper.pull import DEFAULT_MIN_LAYER_SIZE
 
 KINDS = ("ctr-pull", "ctr-fetch", "wrapper-full", "wrapper-sparse")
@@ -98,7 +99,7 @@ def measure(kind: str, setup: Setup, work: Path, run_no: int, args: argparse.Nam
         address = daemon.address
         ctr = [ctr_binary(), "--address", address, "-n", namespace]
         wrapper = [
-            *soci_wrapper_command(),
+            *soci_wrapper_command(args.soci_wrapper),
             "pull",
             setup.ref,
             "--plain-http",
@@ -155,6 +156,7 @@ def ratio(a: KindResult, b: KindResult) -> float | None:
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    machine = machine_info()  # before anything runs: the load average says how busy the machine was
     sizes = layer_sizes(args.total_mib, args.layers)
     results = {kind: KindResult(kind, LABELS[kind]) for kind in args.kinds}
     with (
@@ -171,7 +173,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                     continue
                 try:
                     run = measure(kind, setup, work, round_no, args)
-                except BenchmarkError as exc:
+                except (BenchmarkError, WrapperError) as exc:
                     result.error = str(exc)
                     log(f"{kind} run {round_no + 1}: FAILED: {exc}")
                     continue
@@ -192,7 +194,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 ratios[f"{wrapper_kind}/{ctr_kind}"] = ratio(results[wrapper_kind], results[ctr_kind])
     return {
         "benchmark": "pull",
-        "machine": machine_info(),
+        "machine": machine,
         "repeat": args.repeat,
         "image": image,
         "results": [r.summary() for r in results.values()],
@@ -267,6 +269,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=KINDS,
         help=f"comma-separated subset of {','.join(KINDS)} (default: all)",
     )
+    parser.add_argument(
+        "--soci-wrapper",
+        metavar="COMMAND",
+        help="how to run soci-wrapper, split on spaces (default: the soci-wrapper next to this Python)",
+    )
     parser.add_argument("--timeout", type=float, default=600, help="seconds allowed per command")
     parser.add_argument("--work-dir", type=Path, help="where the temporary directory goes (default: $TMPDIR)")
     parser.add_argument("--cache-dir", type=Path, help="keep built layers here and reuse them next time")
@@ -285,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         report = run_benchmark(args)
-    except BenchmarkError as exc:
+    except (BenchmarkError, WrapperError) as exc:
         print(f"pull benchmark failed: {exc}", file=sys.stderr)
         if args.json:
             print(json.dumps({"benchmark": "pull", "ok": False, "error": str(exc)}))
