@@ -121,6 +121,10 @@ def test_permission_denied_on_the_socket_mentions_root(containerd: ManagedContai
             "--reuid=65534",
             "--regid=65534",
             "--clear-groups",
+            # Reading (the checkout, the venv) stays allowed wherever they live; writing, and so connecting
+            # to the root-only socket, does not.
+            "--inh-caps=+dac_read_search",
+            "--ambient-caps=+dac_read_search",
             sys.executable,
             "-c",
             script,
