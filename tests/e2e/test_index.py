@@ -101,9 +101,10 @@ def test_v1_already_indexed_is_a_noop(
     assert [i["soci_index_digest"] for i in report["indexes"]] == [index_digest]
     assert "pull" not in report["stages"] and "containerd" not in report["stages"]
 
-    human = run_cli(*args)
+    human = run_cli(*args, "--output-tag", "ignored-for-v1")
     assert human.returncode == 0
     assert "already indexed" in human.stderr
+    assert "--output-tag is ignored" in human.stderr
 
 
 def test_v2_already_indexed_is_a_noop(
