@@ -151,6 +151,8 @@ class ResolvedImage:
     manifests: list[tuple[Descriptor, bytes]]  # every manifest of the image (all platforms), with its body
     all_platforms: list[Platform]
     selected: list[PlatformImage]
+    # Blobs already read while resolving (a single-platform image's config), stored without a second GET.
+    fetched: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def digest(self) -> str:
@@ -176,18 +178,30 @@ def resolve_image(registry: RegistryClient, ref: Reference, options: PullOptions
         return ResolvedImage(ref, top.descriptor, top.body, manifests, all_platforms, selected)
     if top.descriptor.is_manifest:
         config = Descriptor.from_oci(json.loads(top.body)["config"])
-        plat = _config_platform(registry, ref, config)
+        config_body = _read_config(registry, ref, config)
+        plat = _config_platform(config, config_body)
         select_platforms([plat], options)  # raises if the image's one platform does not match
         image = _platform_image(plat, top.descriptor, top.body)
-        return ResolvedImage(ref, top.descriptor, None, [(top.descriptor, top.body)], [plat], [image])
+        return ResolvedImage(
+            ref,
+            top.descriptor,
+            None,
+            [(top.descriptor, top.body)],
+            [plat],
+            [image],
+            {config.digest: config_body},
+        )
     raise RegistryError(f"{ref} is a {top.descriptor.media_type or 'untyped'} object, not an image")
 
 
-def _config_platform(registry: RegistryClient, ref: Reference, config: Descriptor) -> Platform:
+def _read_config(registry: RegistryClient, ref: Reference, config: Descriptor) -> bytes:
     if config.size > 4 * 1024 * 1024:
         raise RegistryError(f"the image config {config.digest} is implausibly large ({config.size} bytes)")
     with registry.open_blob(ref, config.digest) as stream:
-        data = b"".join(stream)
+        return b"".join(stream)
+
+
+def _config_platform(config: Descriptor, data: bytes) -> Platform:
     try:
         doc = json.loads(data)
     except ValueError as exc:
@@ -221,12 +235,16 @@ class Puller:
 
         # -- what to fetch ---------------------------------------------------------------------------------
         tasks: list[tuple[Descriptor, str, str]] = []  # (descriptor, kind, platform)
+        small: list[tuple[Descriptor, bytes, str]] = []  # already in hand: (descriptor, body, platform)
         seen: set[str] = set()
         for desc, body in manifests:
             config = Descriptor.from_oci(json.loads(body)["config"])
             if config.digest not in seen:
                 seen.add(config.digest)
-                tasks.append((config, "config", str(desc.platform or "")))
+                if config.digest in image.fetched:
+                    small.append((config, image.fetched[config.digest], str(desc.platform or "")))
+                else:
+                    tasks.append((config, "config", str(desc.platform or "")))
         for plat_image in selected:
             for layer in plat_image.layers:
                 if layer.digest in seen:
@@ -255,6 +273,8 @@ class Puller:
         )
         with self.containerd.lease():
             self._fetch_all(ref, tasks, source)
+            for desc, body, _ in small:
+                self._store_small(desc, body, "config", source)
             # Manifests and the index last: they reference the blobs above through GC labels.
             for desc, body in manifests:
                 self._store_small(desc, body, "manifest", {**source, **_manifest_gc_labels(body)})
@@ -262,7 +282,11 @@ class Puller:
                 labels = {**source, **_index_gc_labels(image.index_body)}
                 self._store_small(image.target, image.index_body, "index", labels)
             name = str(ref)
-            self.containerd.images.put(Image(name=name, target=_plain(image.target), labels={}))
+            try:  # keep labels others put on an existing record (soci's GC label for its index)
+                labels = self.containerd.images.get(name).labels
+            except NotFoundError:
+                labels = {}
+            self.containerd.images.put(Image(name=name, target=_plain(image.target), labels=labels))
 
         return PullResult(
             reference=ref,
@@ -335,14 +359,21 @@ class Puller:
             with attempt:
                 if attempt.retry_state.attempt_number > 1:
                     log.info("retrying %s (attempt %d)", desc.digest, attempt.retry_state.attempt_number)
-                content.write(
-                    ingest_ref,
-                    source,
-                    total=desc.size,
-                    expected=desc.digest,
-                    labels=labels,
-                    on_progress=lambda n: self.reporter.blob_advanced(desc.digest, n),
-                )
+                try:
+                    content.write(
+                        ingest_ref,
+                        source,
+                        total=desc.size,
+                        expected=desc.digest,
+                        labels=labels,
+                        on_progress=lambda n: self.reporter.blob_advanced(desc.digest, n),
+                    )
+                except ContainerdError as exc:
+                    if _is_content_mismatch(exc):  # the registry's fault, not containerd's
+                        raise RegistryError(
+                            f"{ref.registry} served {desc.digest} with the wrong content: {exc.message}"
+                        ) from None
+                    raise
         self.reporter.blob_finished(
             desc.digest, f"resumed at {record.resumed_from}" if record.resumed_from else ""
         )
@@ -377,14 +408,18 @@ class Puller:
 def _is_transient(exc: BaseException) -> bool:
     """Worth another try of one blob: a broken transfer or stream (the next try resumes where it broke).
 
-    Refusals (auth, not found, a digest mismatch) are not; the registry client has already retried
-    connection errors, 429 and 5xx on its own.
+    Refusals are not: auth, not found, content that fails containerd's digest or size check at commit
+    (FAILED_PRECONDITION). The registry client has already retried connection errors, 429 and 5xx.
     """
     if isinstance(exc, BlobReadError):
         return True
     if isinstance(exc, ContainerdError):
-        return "digest" not in str(exc).lower()
+        return not _is_content_mismatch(exc)
     return isinstance(exc, OSError)
+
+
+def _is_content_mismatch(exc: ContainerdError) -> bool:
+    return "FAILED_PRECONDITION" in (exc.detail or "")
 
 
 def _platform_image(plat: Platform, desc: Descriptor, body: bytes) -> PlatformImage:

@@ -387,3 +387,47 @@ def test_cli_pull_with_credential_helper(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert asked.read_text().strip() == tls_registry.host
+
+
+def test_manifest_cut_midway_is_retried(
+    tmp_path: Path, registry: RegistryServer, containerd_client: ContainerdClient, request
+) -> None:
+    image = build_image(tmp_path, [LayerSpec(64 * 1024, seed=seed_for(request))])
+    with RegistryClient(CredentialStore(use_ecr=False)) as direct:
+        ref = push(registry, direct, "cutmanifest/app", image)
+    with HttpProxy(registry.host) as proxy:
+        proxy.cut_after("/manifests/", 20, method="GET")
+        via = Reference(proxy.host, ref.repository, digest=ref.digest)
+        with RegistryClient(CredentialStore(use_ecr=False), backoff_seconds=0.01) as client:
+            result = pull(client, containerd_client, via, PullOptions(full=True))
+        gets = [r for r in proxy.requests if r.method == "GET" and "/manifests/" in r.path]
+    assert len(gets) == 2 and gets[0].cut
+    assert result.digest == image.digest
+
+
+@pytest.mark.parametrize("damage", ["flip", "extend"])
+def test_blob_with_wrong_content_is_a_registry_error(
+    tmp_path: Path, registry: RegistryServer, containerd_client: ContainerdClient, request, damage: str
+) -> None:
+    """A registry serving other bytes than the digest promises: exit code 5, and not downloaded again."""
+    image = build_image(tmp_path, [LayerSpec(2 * MIB, seed=seed_for(request))])
+    layer = image.layers[0]
+    with RegistryClient(CredentialStore(use_ecr=False)) as direct:
+        ref = push(registry, direct, "corrupt/app", image)
+    hexdigest = layer.digest.split(":", 1)[1]
+    data = registry.storage / "docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest / "data"
+    raw = bytearray(data.read_bytes())
+    if damage == "flip":
+        raw[len(raw) // 2] ^= 0xFF
+    else:
+        raw += b"x"
+    data.write_bytes(bytes(raw))
+    with HttpProxy(registry.host) as proxy:
+        via = Reference(proxy.host, ref.repository, digest=ref.digest)
+        with RegistryClient(CredentialStore(use_ecr=False)) as client, pytest.raises(RegistryError) as info:
+            pull(client, containerd_client, via, PullOptions(min_layer_size=MIB))
+        gets = [r for r in proxy.requests if r.method == "GET" and layer.digest in r.path]
+    assert info.value.exit_code == 5
+    assert "wrong content" in str(info.value) and layer.digest in str(info.value)
+    assert len(gets) == 1
+    assert layer.digest not in stored(containerd_client)

@@ -73,7 +73,10 @@ class _SourceFailed(Exception):
 class _WriteStream:
     """One Write call: a bounded queue of requests in, a thread collecting the responses."""
 
-    def __init__(self, stub: Any, metadata: tuple[tuple[str, str], ...]) -> None:
+    def __init__(self, stub: Any, metadata: tuple[tuple[str, str], ...], stall_timeout: float) -> None:
+        # A containerd that neither takes data nor answers for this long is taken as hung (no deadline
+        # bounds a whole Write stream, since a large blob legitimately takes long).
+        self._stall_timeout = stall_timeout
         self._requests: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_DEPTH)
         self._closed = threading.Event()
         self._call = stub.Write(self._request_iterator(), metadata=metadata)
@@ -108,9 +111,15 @@ class _WriteStream:
 
     def send(self, request: Any) -> None:
         """Queue a request; blocks while the queue is full, raises _StreamEnded if the stream is over."""
+        deadline = time.monotonic() + self._stall_timeout
         while True:
             if self.ended.is_set():
                 raise _StreamEnded()
+            if time.monotonic() > deadline:
+                self.cancel()
+                raise ContainerdError(
+                    f"containerd took no data on content.Write for {self._stall_timeout:.0f} s; giving up"
+                )
             try:
                 self._requests.put(request, timeout=0.2)
                 return
@@ -124,7 +133,13 @@ class _WriteStream:
 
     def next_response(self) -> Any:
         """The next answer from containerd; None once the stream has ended (see ``error``)."""
-        return self._responses.get()
+        try:
+            return self._responses.get(timeout=self._stall_timeout)
+        except queue.Empty:
+            self.cancel()
+            raise ContainerdError(
+                f"containerd did not answer content.Write within {self._stall_timeout:.0f} s"
+            ) from None
 
     def wait(self, timeout: float) -> bool:
         """Wait for containerd to end the stream; True if it did."""
@@ -252,7 +267,7 @@ class ContentService:
         on_progress: Callable[[int], None] | None,
     ) -> WriteResult:
         action = content_pb2.WriteAction
-        stream = _WriteStream(self._stub, self._conn.metadata())
+        stream = _WriteStream(self._stub, self._conn.metadata(), self._conn.timeout)
         try:
             # 1. STAT: where does the ingest stand? (ALREADY_EXISTS if the blob is stored.)
             stream.send(

@@ -265,20 +265,12 @@ class RegistryClient:
         """Fetch a manifest or index by tag or digest (default: ``ref.reference``)."""
         reference = reference or ref.reference
         target = _with_reference(ref, reference)
-        response = self._request(
-            "GET",
+        response, body = self._get_small(
             self._url(ref, f"manifests/{reference}"),
             ref=ref,
             headers={"Accept": ", ".join(MANIFEST_ACCEPT)},
             what=f"manifest {target}",
         )
-        try:
-            declared = response.headers.get("Content-Length")
-            if declared is not None and declared.isdigit() and int(declared) > MAX_MANIFEST_BYTES:
-                raise RegistryError(f"manifest {target} is {declared} bytes, over the 4 MiB limit")
-            body = _read_limited(response, MAX_MANIFEST_BYTES + 1)
-        finally:
-            _discard(response)
         if len(body) > MAX_MANIFEST_BYTES:
             raise RegistryError(f"manifest {target} is over the 4 MiB limit")
         content_type = _media_type(response.headers.get("Content-Type"))
@@ -442,18 +434,9 @@ class RegistryClient:
         url = self._url(ref, f"referrers/{subject_digest}")
         if artifact_type:
             url += "?" + urlencode({"artifactType": artifact_type})
-        response = self._request(
-            "GET",
-            url,
-            ref=ref,
-            headers={"Accept": OCI_INDEX},
-            allow=(404,),
-            what=f"referrers of {subject_digest}",
+        response, body = self._get_small(
+            url, ref=ref, headers={"Accept": OCI_INDEX}, allow=(404,), what=f"referrers of {subject_digest}"
         )
-        try:
-            body = _read_limited(response, MAX_MANIFEST_BYTES + 1)
-        finally:
-            _discard(response)
         if response.status == 404:
             tag = "sha256-" + subject_digest.split(":", 1)[1]
             log.debug("%s has no referrers API; reading the tag %s", ref.registry, tag)
@@ -577,6 +560,31 @@ class RegistryClient:
             before_sleep=before_sleep,
             reraise=True,
         )
+
+    def _get_small(
+        self, url: str, *, ref: Reference, what: str, headers: Mapping[str, str], allow: Container[int] = ()
+    ) -> tuple[urllib3.BaseHTTPResponse, bytes]:
+        """GET a small document (a manifest, a referrers list), reading its body inside the retry loop so
+        that a connection lost mid-body is retried like one lost before the headers. At most 4 MiB + 1 byte
+        is read (callers check the limit); a larger declared Content-Length is refused at once."""
+        try:
+            for attempt in self._retrying(ref.registry):
+                with attempt:
+                    response = self._request(
+                        "GET", url, ref=ref, what=what, headers=headers, allow=allow, retry=False
+                    )
+                    try:
+                        declared = response.headers.get("Content-Length")
+                        if declared is not None and declared.isdigit() and int(declared) > MAX_MANIFEST_BYTES:
+                            raise RegistryError(f"{what} is {declared} bytes, over the 4 MiB limit")
+                        return response, _read_limited(response, MAX_MANIFEST_BYTES + 1)
+                    finally:
+                        _discard(response)
+        except _Transient as exc:
+            raise RegistryError(
+                f"{ref.registry}: {exc.reason} (gave up after {self._max_attempts} attempts)"
+            ) from None
+        raise AssertionError("unreachable: the retry loop returns or raises")
 
     def _request(
         self,
@@ -845,6 +853,8 @@ class RegistryClient:
         status = response.status
         try:
             data = _read_limited(response, _MAX_ERROR_BODY) if method != "HEAD" else b""
+        except _Transient:
+            data = b""  # the status says enough
         finally:
             _discard(response)
         detail = _error_summary(data)
