@@ -46,11 +46,11 @@ build_soci() {
   local tmp out rc=0
   tmp="$(mktemp -d)"
   out="$tmp/build.log"
-  (
-    set -e
-    cd "$tmp"
+  # A separate bash, so that `set -e` holds (it is ignored in a subshell whose status is tested).
+  SOCI_VERSION="$SOCI_VERSION" SOCI_COMMIT="$SOCI_COMMIT" BUILD_DIR="$tmp" bash -euo pipefail <<'BUILD' >"$out" 2>&1 || rc=$?
+    cd "$BUILD_DIR"
     export GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=1
-    go mod init soci-wrapper/build-soci >/dev/null 2>&1
+    go mod init soci-wrapper/build-soci 2>/dev/null
     # cmd is a nested module that requires the root module as v0.0.0-local (replaced by ../ upstream);
     # point those versions at the release, and carry over the other replace directives of soci's go.mod files.
     go mod edit \
@@ -59,13 +59,13 @@ build_soci() {
       -replace="github.com/awslabs/soci-snapshotter@v0.0.0=github.com/awslabs/soci-snapshotter@$SOCI_VERSION" \
       -replace="github.com/hashicorp/golang-lru=github.com/ktock/golang-lru@v0.5.5-0.20211029085301-ec551be6f75c" \
       -replace="cyphar.com/go-pathrs=github.com/cyphar/libpathrs/go-pathrs@v0.2.1"
-    printf 'package main\n\nimport _ "github.com/awslabs/soci-snapshotter/cmd/soci"\n' > tools.go
+    printf '//go:build tools\n\npackage tools\n\nimport _ "github.com/awslabs/soci-snapshotter/cmd/soci"\n' > tools.go
     go get "github.com/awslabs/soci-snapshotter/cmd@$SOCI_COMMIT"
     # soci's Makefile stamps the version at link time; without it `soci --version` says <unknown>.
-    go build -trimpath -o "$tmp/soci" \
+    go build -trimpath -o "$BUILD_DIR/soci" \
       -ldflags "-X github.com/awslabs/soci-snapshotter/version.Version=$SOCI_VERSION -X github.com/awslabs/soci-snapshotter/version.Revision=$SOCI_COMMIT" \
       github.com/awslabs/soci-snapshotter/cmd/soci
-  ) >"$out" 2>&1 || rc=$?
+BUILD
   if ((rc == 0)) && soci_ok "$tmp/soci"; then
     mkdir -p "$cache"
     install -m 0755 "$tmp/soci" "$cache/soci"

@@ -22,13 +22,21 @@ from typing import Any, Literal
 
 from wrapper.containerd.client import ContainerdClient
 from wrapper.containerd.daemon import AttachedContainerd, ManagedContainerd
-from wrapper.errors import MissingDependencyError, NotFoundError, UsageError
+from wrapper.errors import (
+    AuthError,
+    MissingDependencyError,
+    NotFoundError,
+    NothingToIndexError,
+    SociError,
+    UsageError,
+)
 from wrapper.models import (
     SOCI_INDEX_DIGEST_ANNOTATION,
     SOCI_INDEX_V1,
     SOCI_INDEX_V2,
     SOCI_LAYER_DIGEST_ANNOTATION,
     Descriptor,
+    Platform,
 )
 from wrapper.progress import QuietReporter, Reporter
 from wrapper.pull import DEFAULT_MIN_LAYER_SIZE, Puller, PullOptions, PullResult, ResolvedImage, resolve_image
@@ -246,6 +254,7 @@ def run_index(
             )
 
         # The containerd session (and the run directory) last until the end of this block.
+        push_auth = _push_auth(registry, ref) if request.soci_version == "V1" else None
         with run_directory(daemon_options) as run_dir, contextlib.ExitStack() as daemon:
             if daemon_options.keep_work_dir:
                 report.work_dir = str(run_dir)
@@ -256,27 +265,27 @@ def run_index(
             report.pull = pulled.summary()
             soci = Soci(
                 binary=soci_bin,
-                address=_socket_of(client),
+                address=client.address,
                 namespace=client.namespace,
                 root=run_dir / "soci-root",
                 tmp_dir=run_dir / "tmp",
                 timeout=request.soci_timeout,
                 debug=request.debug,
             )
-            push_auth = _push_auth(registry, ref)
-            if request.soci_version == "V1":
+            if push_auth is not None:
                 _index_v1(request, pulled, soci, client, push_auth, report, stages)
             else:
                 _index_v2(request, pulled, soci, client, registry, report, stages, reporter)
     return report
 
 
-def _socket_of(client: ContainerdClient) -> str:
-    return client.address.removeprefix("unix://")
-
-
 def _push_auth(registry: RegistryClient, ref: Reference) -> PushAuth:
     creds = registry.credentials.get(ref.registry)
+    if creds is not None and creds.is_identity_token:
+        raise AuthError(
+            f"soci push cannot log in to {ref.registry} with a docker identity token",
+            hint="use --username with --password-stdin, or a docker login with a password",
+        )
     return PushAuth(
         host=ref.registry,
         username=creds.username if creds else None,
@@ -295,22 +304,36 @@ def _index_v1(
     report: IndexReport,
     stages: Stages,
 ) -> None:
-    platforms = [p.platform for p in pulled.selected]
+    # One `soci create` per platform: soci stops at the first platform with nothing to index, and a
+    # platform whose layers are all small should not keep the others from getting their index.
+    indexed: list[Platform] = []
+    nothing: NothingToIndexError | None = None
     with stages("index", "soci create (SOCI index manifest v1)"):
-        soci.create(
-            pulled.image_name,
-            platforms=platforms,
-            span_size=request.span_size,
-            min_layer_size=request.pull.min_layer_size,
-            force=request.force,
-        )
         for image in pulled.selected:
+            try:
+                soci.create(
+                    pulled.image_name,
+                    platforms=[image.platform],
+                    span_size=request.span_size,
+                    min_layer_size=request.pull.min_layer_size,
+                    force=request.force,
+                )
+            except NothingToIndexError as exc:
+                nothing = nothing or exc
+                stages.reporter.warn(
+                    f"{image.platform}: every layer is under --min-layer-size; no SOCI index"
+                )
+                continue
             digests = soci.index_digests(pulled.image_name, image.platform)
             if not digests:
-                raise NotFoundError(f"soci recorded no index for {image.platform}")
+                raise SociError(f"soci create succeeded but recorded no index for {image.platform}")
             report.indexes.append(_describe_index(client, digests[0], image, request.pull.min_layer_size))
+            indexed.append(image.platform)
+    if not indexed:
+        assert nothing is not None
+        raise nothing
     with stages("push", f"soci push to {pulled.reference.registry}"):
-        soci.push(pulled.image_name, push_auth, platforms=platforms)
+        soci.push(pulled.image_name, push_auth, platforms=indexed)
 
 
 def _index_v2(
@@ -345,10 +368,12 @@ def _index_v2(
                 ),
                 None,
             )
-            if soci_entry is not None:
-                report.indexes.append(
-                    _describe_index(client, soci_entry.digest, image, request.pull.min_layer_size)
-                )
+            if soci_entry is None:  # soci convert leaves out platforms with nothing to index
+                reporter.warn(f"{image.platform}: every layer is under --min-layer-size; no SOCI index")
+                continue
+            report.indexes.append(
+                _describe_index(client, soci_entry.digest, image, request.pull.min_layer_size)
+            )
     with stages("push", f"{dest}"):
         pushed = ImagePusher(client, registry, reporter=reporter).push(str(dest), dest)
     report.pushed_tag = request.output_tag

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,11 +19,14 @@ from wrapper.containerd.client import ContainerdClient
 from wrapper.errors import NotFoundError, RegistryError
 from wrapper.models import Descriptor
 from wrapper.progress import QuietReporter, Reporter
-from wrapper.registry.client import RegistryClient
+from wrapper.registry.client import MAX_MANIFEST_BYTES, RegistryClient
 from wrapper.registry.reference import Reference
 
 log = logging.getLogger("wrapper.push")
-MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+
+class PushCancelled(Exception):
+    """Raised inside an upload thread when another upload failed or the run was interrupted."""
 
 
 @dataclass
@@ -48,6 +52,8 @@ class ImagePusher:
         self.registry = registry
         self.reporter = reporter or QuietReporter()
         self.max_concurrent_uploads = max_concurrent_uploads
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
 
     def push(self, image_name: str, dest: Reference) -> PushResult:
         """Push containerd image record ``image_name`` to ``dest``: all blobs, then the manifests, the tag last."""
@@ -75,9 +81,15 @@ class ImagePusher:
             for blob in [doc["config"], *doc.get("layers", [])]:
                 desc = Descriptor.from_oci(blob)
                 blobs.setdefault(desc.digest, desc)
-        with ThreadPoolExecutor(self.max_concurrent_uploads, thread_name_prefix="push") as pool:
+        pool = ThreadPoolExecutor(self.max_concurrent_uploads, thread_name_prefix="push")
+        try:
             for _ in pool.map(lambda b: self._push_blob(dest, b, result), blobs.values()):
                 pass
+        except BaseException:
+            self._stop.set()  # a failed upload, Ctrl-C or SIGTERM: the others stop at their next chunk
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
         for desc, body in manifests:
             self.registry.put_manifest(dest, desc.digest, body, desc.media_type)
             result.manifests_pushed.append(desc.digest)
@@ -86,25 +98,42 @@ class ImagePusher:
         return result
 
     def _push_blob(self, dest: Reference, desc: Descriptor, result: PushResult) -> None:
-        if self.registry.blob_exists(dest, desc.digest):
-            result.blobs_skipped.append(desc.digest)
-            return
+        if self._stop.is_set():
+            raise PushCancelled(desc.digest)
         if not self.containerd.content.exists(desc.digest):
+            # Not converted by soci (an original layer the sparse pull skipped): the repository must have it.
+            if self.registry.blob_exists(dest, desc.digest):
+                self._record(result, desc, uploaded=False)
+                return
             raise NotFoundError(
                 f"blob {desc.digest} is neither in containerd nor in {dest.registry}/{dest.repository}",
                 hint="push the original image to the same repository first",
             )
-        self.reporter.blob_started(desc.digest, "upload", desc.size)
+        announced = False
 
-        def source() -> Iterator[bytes]:
+        def source() -> Iterator[bytes]:  # called again if the upload is retried
+            nonlocal announced
+            if not announced:
+                self.reporter.blob_started(desc.digest, "upload", desc.size)
+                announced = True
             for chunk in self.containerd.content.read(desc.digest):
+                if self._stop.is_set():
+                    raise PushCancelled(desc.digest)
                 self.reporter.blob_advanced(desc.digest, len(chunk))
                 yield chunk
 
-        self.registry.push_blob(dest, desc, source)
-        self.reporter.blob_finished(desc.digest)
-        result.blobs_uploaded.append(desc.digest)
-        result.bytes_uploaded += desc.size
+        uploaded = self.registry.push_blob(dest, desc, source)  # HEADs first: False if already there
+        if announced:
+            self.reporter.blob_finished(desc.digest)
+        self._record(result, desc, uploaded=uploaded)
+
+    def _record(self, result: PushResult, desc: Descriptor, *, uploaded: bool) -> None:
+        with self._lock:
+            if uploaded:
+                result.blobs_uploaded.append(desc.digest)
+                result.bytes_uploaded += desc.size
+            else:
+                result.blobs_skipped.append(desc.digest)
 
     def _read_small(self, desc: Descriptor) -> bytes:
         if desc.size > MAX_MANIFEST_BYTES:

@@ -251,13 +251,14 @@ def classify_failure(what: str, code: int, stderr: str, *, min_layer_size: int |
             f"nothing to index: every layer of the image is smaller than the minimum layer size of {size}",
             hint="lower --min-layer-size to index smaller layers",
         )
-    elif any(s in low for s in ("401 unauthorized", "403 forbidden", "unauthorized", "denied")):
+    elif "dial unix" in low:  # containerd's socket (our registries are reached over TCP)
+        err = _as_soci(ContainerdError(f"{what}: cannot reach containerd: {last}"))
+    elif "permission denied" in low:  # a file or socket, not the registry: keep soci's own words
+        err = SociError(f"{what} failed (exit {code}): {last}")
+    elif any(s in low for s in ("401 unauthorized", "403 forbidden", "unauthorized", "denied:")):
         err = _as_soci(AuthError(f"{what}: the registry refused the credentials: {last}"))
     elif any(s in low for s in ("connection refused", "no such host", "i/o timeout", "tls:", "x509:")):
-        if "containerd" in low and "dial" in low:
-            err = _as_soci(ContainerdError(f"{what}: cannot reach containerd: {last}"))
-        else:
-            err = _as_soci(RegistryError(f"{what}: cannot reach the registry: {last}"))
+        err = _as_soci(RegistryError(f"{what}: cannot reach the registry: {last}"))
     elif "not found" in low and "image" in low:
         err = _as_soci(NotFoundError(f"{what}: {last}"))
     else:

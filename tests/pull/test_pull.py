@@ -375,7 +375,9 @@ def test_cli_pull_with_credential_helper(
     answer = json.dumps(
         {"ServerURL": tls_registry.host, "Username": tls_registry.username, "Secret": tls_registry.password}
     )
-    helper.write_text(f"#!/bin/sh\n[ \"$1\" = get ] || exit 1\ncat > {asked}\necho '{answer}'\n")
+    helper.write_text(
+        f"#!/bin/sh\n[ \"$1\" = get ] || exit 1\ncat >> {asked}\necho >> {asked}\necho '{answer}'\n"
+    )
     helper.chmod(0o755)
     cfg = tmp_path / "docker"
     cfg.mkdir()
@@ -386,7 +388,7 @@ def test_cli_pull_with_credential_helper(
         env={"PATH": f"{bin_dir}:{os.environ['PATH']}"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert asked.read_text().strip() == tls_registry.host
+    assert asked.read_text().split() == [tls_registry.host]  # asked once, not once per request
 
 
 def test_manifest_cut_midway_is_retried(

@@ -201,6 +201,11 @@ def test_ecr_without_aws_credentials(monkeypatch, tmp_path):
     monkeypatch.delenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", raising=False)
     with pytest.raises(AuthError, match=f"no AWS credentials found to log in to {ECR_HOST}"):
         CredentialStore(docker_config_dir=tmp_path).get(ECR_HOST)
+    # ... but a `docker login` to that ECR host still works
+    token = base64.b64encode(b"AWS:from-docker-login").decode()
+    (tmp_path / "config.json").write_text(json.dumps({"auths": {ECR_HOST: {"auth": token}}}))
+    creds = CredentialStore(docker_config_dir=tmp_path).get(ECR_HOST)
+    assert creds is not None and creds.password == "from-docker-login"
 
 
 def test_ecr_endpoint_unreachable(moto_ecr, monkeypatch, tmp_path):

@@ -63,6 +63,13 @@ def test_no_ztocs_is_nothing_to_index() -> None:
             ExitCode.REGISTRY,
         ),
         ("soci: something odd happened", ExitCode.SOCI),
+        ("soci: denied: requested access to the resource is denied", ExitCode.AUTH),
+        (
+            'soci: failed to dial "/run/c.sock": connection error: desc = "transport: error while dialing: '
+            'dial unix /run/c.sock: connect: permission denied"',
+            ExitCode.CONTAINERD,
+        ),
+        ("soci: open /tmp/x/ztoc: permission denied", ExitCode.SOCI),
     ],
 )
 def test_failures_keep_a_specific_exit_code(stderr: str, code: int) -> None:
@@ -129,3 +136,21 @@ def test_push_never_puts_the_password_in_argv(tmp_path: Path) -> None:
     assert "auth" in data["cfg"]
     assert not any(p.name.startswith("soci-auth-") for p in (tmp_path / "t").iterdir())
     assert os.environ.get("DOCKER_CONFIG") != json.loads(seen.read_text()).get("cfg")
+
+
+def test_identity_tokens_are_refused_for_soci_push() -> None:
+    """soci push only knows user and password: a docker identity token would be sent as a user name."""
+    from wrapper.errors import AuthError
+    from wrapper.pipeline import _push_auth
+    from wrapper.registry.auth import Credentials, CredentialStore
+    from wrapper.registry.client import RegistryClient
+    from wrapper.registry.reference import Reference
+
+    ref = Reference.parse("registry.example.com/app:1")
+    store = CredentialStore(explicit={"registry.example.com": Credentials("<token>", "refresh-token")})
+    with RegistryClient(store) as client, pytest.raises(AuthError, match="identity token"):
+        _push_auth(client, ref)
+    store = CredentialStore(explicit={"registry.example.com": Credentials("user", "pw")})
+    with RegistryClient(store) as client:
+        auth = _push_auth(client, ref)
+    assert (auth.username, auth.password, auth.plain_http) == ("user", "pw", False)

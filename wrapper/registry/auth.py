@@ -84,6 +84,8 @@ class CredentialStore:
         self._aws_cache: dict[str, _CachedToken] = {}
         self._clients: dict[tuple[str, str], Any] = {}
         self._clients_lock = threading.Lock()
+        self._docker_lock = threading.Lock()
+        self._docker_cache: dict[str, Credentials | None] = {}
 
     def __repr__(self) -> str:
         return f"CredentialStore(explicit_hosts={sorted(self._explicit)}, use_ecr={self._use_ecr})"
@@ -95,16 +97,31 @@ class CredentialStore:
         if self._use_ecr:
             info = ecr_host_info(host)
             if info is not None:
-                return self._aws_token(
-                    host, lambda: _ecr_token(self._boto_client, host, account=info[0], region=info[1])
-                )
+                try:
+                    return self._aws_token(
+                        host, lambda: _ecr_token(self._boto_client, host, account=info[0], region=info[1])
+                    )
+                except AuthError:
+                    # No usable AWS credentials: a `docker login` or the ecr-login helper may still have some.
+                    found = self._docker_config_credentials(host)
+                    if found is None:
+                        raise
+                    return found
             if host == ECR_PUBLIC:
                 try:
                     return self._aws_token(host, lambda: _ecr_public_token(self._boto_client, host))
                 except (AuthError, RegistryError) as exc:
                     # Pulling from ECR Public works anonymously; a push will fail with a clear 401 later.
                     log.warning("no ECR Public token (%s); trying docker config, then anonymous", exc)
-        return self._from_docker_config(host)
+        return self._docker_config_credentials(host)
+
+    def _docker_config_credentials(self, host: str) -> Credentials | None:
+        """What the docker config gives for ``host``, read once per store: a credential helper runs once,
+        not once per HTTP request (helpers can be slow, or prompt)."""
+        with self._docker_lock:
+            if host not in self._docker_cache:
+                self._docker_cache[host] = self._from_docker_config(host)
+            return self._docker_cache[host]
 
     # AWS ----------------------------------------------------------------------------------------------
     def _boto_client(self, service: str, region: str) -> Any:
