@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 
 from wrapper.errors import ContainerdError, NotFoundError, WrapperError
+from wrapper.util import one_line
 
 NAMESPACE_HEADER = "containerd-namespace"
 LEASE_HEADER = "containerd-lease"
@@ -46,11 +47,6 @@ def socket_path(address: str) -> str:
         if address.startswith(prefix):
             return address[len(prefix) :]
     return address
-
-
-def one_line(text: str) -> str:
-    """Collapse whitespace (including newlines) so a message prints as one line."""
-    return " ".join(text.split())
 
 
 def status_code(exc: grpc.RpcError) -> grpc.StatusCode:

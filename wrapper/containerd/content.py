@@ -27,6 +27,7 @@ from google.protobuf import field_mask_pb2
 from wrapper.containerd._proto import content_pb2, content_pb2_grpc
 from wrapper.containerd.channel import Connection, status_code, status_details
 from wrapper.errors import ContainerdError, NotFoundError
+from wrapper.util import rechunk
 
 log = logging.getLogger(__name__)
 
@@ -155,21 +156,6 @@ class _WriteStream:
         self._reader.join(5.0)
 
 
-def _rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
-    """Regroup arbitrary chunks into pieces of exactly ``size`` bytes (the last one may be shorter)."""
-    buffer = bytearray()
-    for chunk in chunks:
-        if not buffer and len(chunk) == size:
-            yield bytes(chunk)
-            continue
-        buffer += chunk
-        while len(buffer) >= size:
-            yield bytes(buffer[:size])
-            del buffer[:size]
-    if buffer:
-        yield bytes(buffer)
-
-
 class ContentService:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
@@ -288,7 +274,7 @@ class ContentService:
 
             # 2. WRITE: everything from `offset` on, without waiting for each answer.
             try:
-                for chunk in _rechunk(_guard(source, offset), CHUNK_SIZE):
+                for chunk in rechunk(_guard(source, offset), CHUNK_SIZE):
                     request = content_pb2.WriteContentRequest(
                         action=action.WRITE, ref=ref, offset=offset, data=chunk
                     )

@@ -28,8 +28,9 @@ import grpc
 from google.protobuf import empty_pb2
 
 from wrapper.containerd._proto import version_pb2_grpc
-from wrapper.containerd.channel import Connection, one_line, socket_path, status_details
+from wrapper.containerd.channel import Connection, socket_path, status_details
 from wrapper.errors import ContainerdError, MissingDependencyError
+from wrapper.util import one_line
 
 log = logging.getLogger(__name__)
 

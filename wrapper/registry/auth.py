@@ -22,6 +22,7 @@ from typing import Any
 
 from wrapper.errors import AuthError, RegistryError
 from wrapper.registry.reference import DOCKER_HUB, ECR_PUBLIC, ecr_host_info, normalize_host
+from wrapper.util import one_line
 
 log = logging.getLogger("wrapper.registry")
 
@@ -158,7 +159,7 @@ class CredentialStore:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            raise AuthError(f"cannot read docker config {path}: {_one_line(exc)}") from None
+            raise AuthError(f"cannot read docker config {path}: {one_line(exc)}") from None
         if not isinstance(config, dict):
             raise AuthError(f"cannot read docker config {path}: not a JSON object")
         server = DOCKER_HUB_CONFIG_KEY if host == DOCKER_HUB else host
@@ -228,14 +229,14 @@ def _run_helper(name: str, server: str) -> Credentials | None:
     except subprocess.TimeoutExpired:
         raise AuthError(f"{program} get timed out for {server}") from None
     except OSError as exc:
-        raise AuthError(f"cannot run {program}: {_one_line(exc)}") from None
+        raise AuthError(f"cannot run {program}: {one_line(exc)}") from None
     out = proc.stdout.decode(errors="replace").strip()
     if proc.returncode != 0:
         if "credentials not found" in out.lower():
             log.debug("%s has no credentials for %s", program, server)
             return None
         # The helper's own message, which does not hold the secret.
-        raise AuthError(f"{program} get failed for {server}: {_one_line(out or proc.stderr.decode())}")
+        raise AuthError(f"{program} get failed for {server}: {one_line(out or proc.stderr.decode())}")
     try:
         data = json.loads(out)
         username, secret = str(data["Username"]), str(data["Secret"])
@@ -329,7 +330,7 @@ def _map_aws_error(exc: Exception, host: str) -> Exception:
     if isinstance(exc, bex.ClientError):
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
-        message = _one_line(str(error.get("Message", "")))[:300]
+        message = one_line(str(error.get("Message", "")))[:300]
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         if code in _AUTH_CODES or status in (401, 403):
             return AuthError(f"AWS refused the authorization token request for {host}: {code}: {message}")
@@ -337,13 +338,9 @@ def _map_aws_error(exc: Exception, host: str) -> Exception:
             return RegistryError(f"AWS failed to issue an authorization token for {host}: {code or status}")
         return AuthError(f"cannot get an authorization token for {host}: {code}: {message}")
     if isinstance(exc, bex.EndpointConnectionError | bex.ConnectTimeoutError | bex.ReadTimeoutError):
-        return RegistryError(f"cannot reach the AWS endpoint to log in to {host}: {_one_line(str(exc))}")
+        return RegistryError(f"cannot reach the AWS endpoint to log in to {host}: {one_line(str(exc))}")
     if isinstance(exc, bex.BotoCoreError):
-        return RegistryError(f"cannot get an authorization token for {host}: {_one_line(str(exc))}")
+        return RegistryError(f"cannot get an authorization token for {host}: {one_line(str(exc))}")
     if isinstance(exc, KeyError | IndexError | TypeError):
         return RegistryError(f"AWS returned an unexpected authorization response for {host}")
     return exc
-
-
-def _one_line(value: object) -> str:
-    return " ".join(str(value).split())

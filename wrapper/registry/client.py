@@ -39,6 +39,7 @@ from wrapper.models import (
 )
 from wrapper.registry.auth import Credentials, CredentialStore
 from wrapper.registry.reference import DOCKER_HUB, Reference
+from wrapper.util import one_line, rechunk
 
 log = logging.getLogger("wrapper.registry")
 
@@ -142,7 +143,7 @@ class BlobStream:
                 except (Urllib3HTTPError, OSError) as exc:
                     raise BlobReadError(
                         f"connection lost while reading {self._label} at byte {self.position}: "
-                        f"{_one_line(exc)}",
+                        f"{one_line(exc)}",
                         position=self.position,
                     ) from None
                 if not data:
@@ -494,7 +495,7 @@ class RegistryClient:
             )
         else:
             offset = 0
-            for chunk in _rechunk(_exact_size(source(), descriptor), chunk_size):
+            for chunk in rechunk(_exact_size(source(), descriptor), chunk_size):
                 patch = self._request(
                     "PATCH",
                     location,
@@ -716,11 +717,11 @@ class RegistryClient:
             )
         except Urllib3SSLError as exc:
             raise RegistryError(
-                f"TLS connection to {netloc} failed: {_one_line(exc)}",
+                f"TLS connection to {netloc} failed: {one_line(exc)}",
                 hint="pass --ca-file with the CA that signed the registry's certificate",
             ) from None
         except (Urllib3HTTPError, OSError) as exc:
-            raise _Transient(f"cannot reach {netloc}: {_one_line(exc)}") from None
+            raise _Transient(f"cannot reach {netloc}: {one_line(exc)}") from None
 
     # Authentication -----------------------------------------------------------------------------------
     def _authorization(self, registry: str, scope: str) -> str | None:
@@ -922,7 +923,7 @@ def _read_limited(response: urllib3.BaseHTTPResponse, limit: int) -> bytes:
             chunks.append(data)
             total += len(data)
     except (Urllib3HTTPError, OSError) as exc:
-        raise _Transient(f"connection lost while reading a response: {_one_line(exc)}") from None
+        raise _Transient(f"connection lost while reading a response: {one_line(exc)}") from None
     return b"".join(chunks)
 
 
@@ -974,15 +975,15 @@ def _error_summary(data: bytes) -> str:
     try:
         doc = json.loads(data)
     except ValueError:
-        text = _one_line(data[:200].decode(errors="replace"))
+        text = one_line(data[:200].decode(errors="replace"))
         return text if text and "<" not in text[:1] else ""
     errors = doc.get("errors") if isinstance(doc, dict) else None
     if isinstance(errors, list) and errors and isinstance(errors[0], dict):
         first = errors[0]
-        code, message = str(first.get("code", "")), _one_line(first.get("message", ""))
+        code, message = str(first.get("code", "")), one_line(first.get("message", ""))
         return ": ".join(p for p in (code, message) if p)[:300]
     if isinstance(doc, dict) and doc.get("message"):
-        return _one_line(doc["message"])[:300]
+        return one_line(doc["message"])[:300]
     return ""
 
 
@@ -1003,10 +1004,6 @@ def _redact_url(url: str) -> str:
     return url.split("?", 1)[0]
 
 
-def _one_line(value: object) -> str:
-    return " ".join(str(value).split())
-
-
 def _exact_size(chunks: Iterable[bytes], descriptor: Descriptor) -> Iterator[bytes]:
     total = 0
     for chunk in chunks:
@@ -1020,17 +1017,6 @@ def _exact_size(chunks: Iterable[bytes], descriptor: Descriptor) -> Iterator[byt
         raise RegistryError(
             f"blob {descriptor.digest}: source gave {total} bytes, expected {descriptor.size}"
         )
-
-
-def _rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
-    buffer = bytearray()
-    for chunk in chunks:
-        buffer += chunk
-        while len(buffer) >= size:
-            yield bytes(buffer[:size])
-            del buffer[:size]
-    if buffer:
-        yield bytes(buffer)
 
 
 __all__ = [
