@@ -297,6 +297,11 @@ def build_index(
     for i, platform in enumerate(platforms):
         specs = [LayerSpec(s.size_bytes, s.files, s.compress, s.seed + 7919 * i) for s in layers]
         images.append(build_image(directory, specs, platform=platform, oci=oci))
+    return index_of(images, oci=oci)
+
+
+def index_of(images: Sequence[Image], *, oci: bool = True) -> ImageIndex:
+    """An OCI index (or Docker manifest list) of already built single-platform images."""
     media_type = OCI_INDEX if oci else DOCKER_MANIFEST_LIST
     index_doc = {
         "schemaVersion": 2,

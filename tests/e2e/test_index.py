@@ -23,6 +23,7 @@ from tests.imagefactory import (
     LayerSpec,
     build_image,
     build_index,
+    index_of,
 )
 from tests.proxy import HttpProxy
 from wrapper.containerd.client import ContainerdClient
@@ -351,3 +352,24 @@ def test_all_small_layers_is_nothing_to_index(
     assert proc.returncode == 8, proc.stderr
     assert "nothing to index" in proc.stderr and "--min-layer-size" in proc.stderr
     assert our_containerd_processes(work) == [] and list(work.iterdir()) == []
+
+
+@pytest.mark.soci
+def test_v1_platform_with_only_small_layers_does_not_stop_the_others(
+    tmp_path: Path, registry: RegistryServer, client: RegistryClient, soci_bin: str, request
+) -> None:
+    seed = seed_for(request)
+    amd = build_image(tmp_path, [LayerSpec(2 * MIB, seed=seed)], platform=AMD64)
+    arm = build_image(tmp_path, [LayerSpec(64 * 1024, seed=seed + 1)], platform=ARM64)
+    ref = push(registry, client, "e2e/partial", index_of([amd, arm]))
+    work = tmp_path / "work"
+    proc = run_cli(
+        "index", str(ref), "--soci-bin", soci_bin, "--min-layer-size", "1MiB", "--work-dir", str(work),
+        "--all-platforms", "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert [i["platform"] for i in report["indexes"]] == ["linux/amd64"]
+    assert "linux/arm64/v8: every layer is under --min-layer-size" in proc.stderr
+    assert len(referrers(client, ref, amd.digest)) == 1
+    assert referrers(client, ref, arm.digest) == []
