@@ -354,8 +354,8 @@ def cmd_index(args: argparse.Namespace, out: Console, err: Console, stdin: Calla
             f"already indexed: {report.image} ({report.digest}); nothing to do (use --force to rebuild)"
         )
     table = Table(title="SOCI index", show_header=False, box=None)
-    table.add_column(style="bold")
-    table.add_column()
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
     table.add_row("image", report.image)
     table.add_row("digest", report.digest)
     table.add_row("status", report.status)
