@@ -17,7 +17,6 @@ from tests.imagefactory import (
     LayerSpec,
     build_image,
     build_index,
-    push_image,
 )
 from tests.proxy import HttpProxy
 from wrapper.containerd.client import ContainerdClient
@@ -35,6 +34,18 @@ THRESHOLD = 1 * MIB  # tests use a small --min-layer-size so that images stay sm
 def anon_client() -> Iterator[RegistryClient]:
     with RegistryClient(CredentialStore(use_ecr=False)) as client:
         yield client
+
+
+@pytest.fixture
+def private_image(tmp_path: Path, tls_registry: RegistryServer, request) -> Reference:
+    """A 2 MiB single-layer image in the TLS + htpasswd registry, pushed as the test user (not as AWS)."""
+    assert tls_registry.username and tls_registry.password and tls_registry.ca_file
+    image = build_image(tmp_path / "private", [LayerSpec(2 * MIB, seed=seed_for(request))])
+    creds = CredentialStore(
+        explicit={tls_registry.host: Credentials(tls_registry.username, tls_registry.password)}
+    )
+    with RegistryClient(creds, ca_file=tls_registry.ca_file) as client:
+        return push(tls_registry, client, "private/app", image)
 
 
 def three_layers(seed: int) -> list[LayerSpec]:
@@ -262,15 +273,14 @@ def test_cli_pull_json_and_plain_progress(
 
 
 def test_cli_pull_with_password_stdin_and_wrong_password(
-    tmp_path: Path, tls_registry: RegistryServer, containerd, containerd_namespace: str, request
+    tmp_path: Path,
+    tls_registry: RegistryServer,
+    containerd,
+    containerd_namespace: str,
+    private_image: Reference,
 ) -> None:
+    ref = private_image
     assert tls_registry.username and tls_registry.password and tls_registry.ca_file
-    image = build_image(tmp_path, [LayerSpec(2 * MIB, seed=seed_for(request))])
-    creds = CredentialStore(
-        explicit={tls_registry.host: Credentials(tls_registry.username, tls_registry.password)}
-    )
-    with RegistryClient(creds, ca_file=tls_registry.ca_file) as client:
-        ref = push(tls_registry, client, "cli/private", image)
     common = [
         "pull",
         str(ref),
@@ -295,17 +305,16 @@ def test_cli_pull_with_password_stdin_and_wrong_password(
 
 
 def test_cli_pull_with_docker_config(
-    tmp_path: Path, tls_registry: RegistryServer, containerd, containerd_namespace: str, request
+    tmp_path: Path,
+    tls_registry: RegistryServer,
+    containerd,
+    containerd_namespace: str,
+    private_image: Reference,
 ) -> None:
     import base64
 
+    ref = private_image
     assert tls_registry.username and tls_registry.password and tls_registry.ca_file
-    image = build_image(tmp_path, [LayerSpec(2 * MIB, seed=seed_for(request))])
-    creds = CredentialStore(
-        explicit={tls_registry.host: Credentials(tls_registry.username, tls_registry.password)}
-    )
-    with RegistryClient(creds, ca_file=tls_registry.ca_file) as client:
-        ref = push(tls_registry, client, "cli/dockercfg", image)
     cfg = tmp_path / "docker"
     cfg.mkdir()
     token = base64.b64encode(f"{tls_registry.username}:{tls_registry.password}".encode()).decode()
@@ -326,48 +335,45 @@ def test_cli_pull_with_docker_config(
 
 
 def test_cli_pull_from_ecr_with_token_from_moto(
-    tmp_path: Path, tls_registry: RegistryServer, moto_ecr, containerd, containerd_namespace: str, request
+    tmp_path: Path,
+    tls_registry: RegistryServer,
+    moto_ecr,
+    containerd,
+    containerd_namespace: str,
+    private_image,
 ) -> None:
-    """moto issues the ECR token; an endpoint override sends the ECR host to the local TLS registry."""
-    assert tls_registry.ca_file
-    image = build_image(tmp_path, [LayerSpec(2 * MIB, seed=seed_for(request))])
-    creds = CredentialStore(explicit={tls_registry.host: Credentials(moto_ecr.username, moto_ecr.password)})
-    with RegistryClient(creds, ca_file=tls_registry.ca_file) as client:
-        digest = push_image(client, Reference(tls_registry.host, "team/app", tag="v1"), image)
-    proc = run_cli(
-        "pull",
-        "--endpoint-override",
-        f"{ECR_HOST}={tls_registry.host}",
-        "--ca-file",
-        tls_registry.ca_file,
-        f"{ECR_HOST}/team/app@{digest}",
-        "--containerd-address",
-        containerd.address,
-        "--namespace",
-        containerd_namespace,
-        "--json",
-        "--min-layer-size",
-        "1MiB",
-    )
+    """moto issues the ECR token; an endpoint override sends the ECR host to the local TLS registry.
+
+    The registry only lets in its htpasswd users, and the CLI is given no credentials at all (an empty docker
+    config, no --username): a successful pull means the decoded token reached the registry. The client-level
+    test in tests/registry checks the exact Authorization header.
+    """
+    assert tls_registry.ca_file and private_image.digest
+    empty = tmp_path / "empty-docker-config"
+    empty.mkdir()
+    args = [
+        "pull", "--endpoint-override", f"{ECR_HOST}={tls_registry.host}", "--ca-file", tls_registry.ca_file,
+        f"{ECR_HOST}/{private_image.repository}@{private_image.digest}", "--containerd-address",
+        containerd.address, "--namespace", containerd_namespace, "--json", "--min-layer-size", "1MiB",
+    ]  # fmt: skip
+    proc = run_cli(*args, env={"DOCKER_CONFIG": str(empty)})
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["digest"] == digest
-    # the registry saw the decoded token's user, which only moto could have handed out
-    assert f'"{moto_ecr.username}"' in tls_registry.log_tail(
-        400
-    ) or moto_ecr.username in tls_registry.log_tail(400)
+    assert json.loads(proc.stdout)["digest"] == private_image.digest
+    # and without moto's token the same pull is refused
+    refused = run_cli(*args, env={"DOCKER_CONFIG": str(empty), "AWS_ENDPOINT_URL_ECR": "http://127.0.0.1:9"})
+    assert refused.returncode in (3, 5), refused.stderr
 
 
 def test_cli_pull_with_credential_helper(
-    tmp_path: Path, tls_registry: RegistryServer, containerd, containerd_namespace: str, request
+    tmp_path: Path,
+    tls_registry: RegistryServer,
+    containerd,
+    containerd_namespace: str,
+    private_image: Reference,
 ) -> None:
     """A docker config naming a credential helper: the tool runs docker-credential-<name> get."""
+    ref = private_image
     assert tls_registry.username and tls_registry.password and tls_registry.ca_file
-    image = build_image(tmp_path, [LayerSpec(2 * MIB, seed=seed_for(request))])
-    creds = CredentialStore(
-        explicit={tls_registry.host: Credentials(tls_registry.username, tls_registry.password)}
-    )
-    with RegistryClient(creds, ca_file=tls_registry.ca_file) as client:
-        ref = push(tls_registry, client, "cli/helper", image)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     asked = tmp_path / "asked.txt"
