@@ -5,18 +5,23 @@
 #   1. Debian packages: containerd, runc, docker-registry (test registry), zlib1g-dev (soci's cgo),
 #      apache2-utils (htpasswd for the auth tests), containerd's own .proto files (wire-compatibility test),
 #      iproute2/util-linux (namespaces in the end-to-end tests).
-#   2. The real soci CLI at the pinned release, built from the Go module proxy into .deps/bin/soci
-#      (cached per version under ~/.cache/soci-wrapper so a fresh clone does not build it again).
-#   3. .venv with the project installed editable and its test extras.
+#   2. The real soci CLI at the pinned release (wrapper/pins.env) into .deps/bin/soci: from $SOCI_BIN, the
+#      per-version cache under ~/.cache/soci-wrapper, the upstream source tarball (sha256-checked), or the
+#      Go module proxy, in that order.
+#   3. Test-only programs, cached per version the same way: containerd 2.x (Go module proxy) into
+#      .deps/containerd2/bin/containerd (not on PATH), and zot, a registry with the OCI referrers API (upstream
+#      source tarball, sha256-checked), into .deps/bin/zot.
+#   4. .venv with the project installed editable and its test extras.
 #
-# Environment: SOCI_WRAPPER_SKIP_APT=1 skips step 1 (for machines where the packages come another way).
+# Environment: SOCI_WRAPPER_SKIP_APT=1 skips step 1 (for machines where the packages come another way);
+# SOCI_BIN names a soci to use; SOCI_SOURCE names the soci source tarball (default: ../shared/third_party/...);
+# ZOT_SOURCE names the zot source tarball (default: ../shared/third_party/zot/...).
 set -euo pipefail
-
-SOCI_VERSION="v0.15.0"              # the one place the soci pin lives
-SOCI_COMMIT="7716bd67e813"          # commit of the v0.15.0 tag; the cmd module has no tags of its own
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
+# shellcheck source=../wrapper/pins.env
+source wrapper/pins.env   # SOCI_*, CONTAINERD2_*, ZOT_*: the one place the pins live
 log() { printf 'bootstrap: %s\n' "$*" >&2; }
 
 # --- 1. Debian packages ---------------------------------------------------------------------------------
@@ -36,68 +41,202 @@ if [[ "${SOCI_WRAPPER_SKIP_APT:-}" != 1 ]]; then
 fi
 
 # --- 2. soci ----------------------------------------------------------------------------------------------
+# Routes, first usable wins; each failing route's reason goes into the error file:
+#   a. $SOCI_BIN, when it is a soci of the pinned version;
+#   b. the per-version cache under ~/.cache/soci-wrapper (a fresh clone does not build again);
+#   c. the upstream source tarball ($SOCI_SOURCE, else ../shared/third_party/soci-snapshotter/ beside the
+#      project), checked against its pinned sha256, built with the machine's Go, then cached;
+#   d. the Go module proxy (refused today for soci's nested `cmd` module; kept for machines where it works).
 mkdir -p .deps/bin
-cache="${XDG_CACHE_HOME:-$HOME/.cache}/soci-wrapper/soci-$SOCI_VERSION"
+cache_root="${XDG_CACHE_HOME:-$HOME/.cache}/soci-wrapper"
+cache="$cache_root/soci-$SOCI_VERSION"
 error_file=".deps/soci-build-error.txt"
+reasons=()
+ldflags="-X github.com/awslabs/soci-snapshotter/version.Version=$SOCI_VERSION -X github.com/awslabs/soci-snapshotter/version.Revision=$SOCI_COMMIT"
 
-soci_ok() { [[ -x "$1" ]] && "$1" --version 2>/dev/null | grep -q "${SOCI_VERSION#v}"; }
+soci_ok() { [[ -x "$1" ]] && "$1" --version 2>/dev/null | grep -q " ${SOCI_VERSION} "; }
 
-build_soci() {
-  local tmp out rc=0
+# run_build NAME SCRIPT: runs SCRIPT in a separate `bash -euo pipefail` (so that `set -e` holds) in a temporary
+# directory, with OUT set to where the binary must land; on success installs it into the cache.
+run_build() {
+  local name="$1" script="$2" tmp rc=0 started
   tmp="$(mktemp -d)"
-  out="$tmp/build.log"
-  # A separate bash, so that `set -e` holds (it is ignored in a subshell whose status is tested).
-  SOCI_VERSION="$SOCI_VERSION" SOCI_COMMIT="$SOCI_COMMIT" BUILD_DIR="$tmp" bash -euo pipefail <<'BUILD' >"$out" 2>&1 || rc=$?
+  started=$SECONDS
+  BUILD_DIR="$tmp" OUT="$tmp/out" SOCI_VERSION="$SOCI_VERSION" SOCI_COMMIT="$SOCI_COMMIT" LDFLAGS="$ldflags" \
+    bash -euo pipefail -c "$script" >"$tmp/build.log" 2>&1 || rc=$?
+  if ((rc == 0)) && soci_ok "$tmp/out/soci"; then
+    mkdir -p "$cache"
+    install -m 0755 "$tmp/out/soci" "$cache/soci.new" && mv -f "$cache/soci.new" "$cache/soci"
+    log "built soci $SOCI_VERSION from $name in $((SECONDS - started)) s"
+  else
+    reasons+=("$name: build failed (exit $rc): $(tail -n 8 "$tmp/build.log" | tr '\n' ' ')")
+  fi
+  rm -rf "$tmp"
+}
+
+build_from_source() {
+  local tarball="$1" got
+  if [[ ! -f "$tarball" ]]; then
+    reasons+=("source tarball: $tarball does not exist (set SOCI_SOURCE to the soci-snapshotter $SOCI_VERSION source tarball)")
+    return
+  fi
+  got="$(sha256sum "$tarball" | cut -d' ' -f1)"
+  if [[ "$got" != "$SOCI_SOURCE_SHA256" ]]; then
+    reasons+=("source tarball: $tarball has sha256 $got, expected $SOCI_SOURCE_SHA256; not used")
+    return
+  fi
+  log "building soci $SOCI_VERSION from $tarball (sha256 verified)"
+  TARBALL="$tarball" run_build "source tarball $tarball" '
+    export GOTOOLCHAIN=local CGO_ENABLED=1
+    tar -xzf "$TARBALL" -C "$BUILD_DIR"
+    src="$(find "$BUILD_DIR" -mindepth 1 -maxdepth 1 -type d | head -n 1)"
+    cd "$src/cmd"
+    go build -trimpath -ldflags "$LDFLAGS" -o "$OUT/soci" ./soci'
+}
+
+build_from_proxy() {
+  log "building soci $SOCI_VERSION from the Go module proxy"
+  run_build "Go module proxy" '
     cd "$BUILD_DIR"
     export GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=1
     go mod init soci-wrapper/build-soci 2>/dev/null
     # cmd is a nested module that requires the root module as v0.0.0-local (replaced by ../ upstream);
-    # point those versions at the release, and carry over the other replace directives of soci's go.mod files.
+    # point those versions at the release, and carry over the other replace directives of soci'"'"'s go.mod.
     go mod edit \
       -require="github.com/awslabs/soci-snapshotter@$SOCI_VERSION" \
       -replace="github.com/awslabs/soci-snapshotter@v0.0.0-local=github.com/awslabs/soci-snapshotter@$SOCI_VERSION" \
       -replace="github.com/awslabs/soci-snapshotter@v0.0.0=github.com/awslabs/soci-snapshotter@$SOCI_VERSION" \
       -replace="github.com/hashicorp/golang-lru=github.com/ktock/golang-lru@v0.5.5-0.20211029085301-ec551be6f75c" \
       -replace="cyphar.com/go-pathrs=github.com/cyphar/libpathrs/go-pathrs@v0.2.1"
-    printf '//go:build tools\n\npackage tools\n\nimport _ "github.com/awslabs/soci-snapshotter/cmd/soci"\n' > tools.go
+    printf "//go:build tools\n\npackage tools\n\nimport _ \"github.com/awslabs/soci-snapshotter/cmd/soci\"\n" > tools.go
     go get "github.com/awslabs/soci-snapshotter/cmd@$SOCI_COMMIT"
-    # soci's Makefile stamps the version at link time; without it `soci --version` says <unknown>.
-    go build -trimpath -o "$BUILD_DIR/soci" \
-      -ldflags "-X github.com/awslabs/soci-snapshotter/version.Version=$SOCI_VERSION -X github.com/awslabs/soci-snapshotter/version.Revision=$SOCI_COMMIT" \
-      github.com/awslabs/soci-snapshotter/cmd/soci
-BUILD
-  if ((rc == 0)) && soci_ok "$tmp/soci"; then
-    mkdir -p "$cache"
-    install -m 0755 "$tmp/soci" "$cache/soci"
-    rm -f "$error_file"
-  else
-    {
-      echo "soci $SOCI_VERSION could not be built from the Go module proxy (exit $rc):"
-      tail -n 20 "$out"
-    } > "$error_file"
-    log "WARNING: soci $SOCI_VERSION could not be built; tests that need soci will be skipped."
-    sed 's/^/bootstrap:   /' "$error_file" >&2
-  fi
-  rm -rf "$tmp"
+    go build -trimpath -o "$OUT/soci" -ldflags "$LDFLAGS" github.com/awslabs/soci-snapshotter/cmd/soci'
 }
 
-if ! soci_ok "$cache/soci"; then
-  if command -v go >/dev/null 2>&1; then
-    log "building soci $SOCI_VERSION (first time on this machine)"
-    build_soci
+soci=""
+if [[ -n "${SOCI_BIN:-}" ]]; then
+  if soci_ok "$SOCI_BIN"; then soci="$SOCI_BIN"
+  else reasons+=("SOCI_BIN=$SOCI_BIN: not an executable soci $SOCI_VERSION"); fi
+fi
+if [[ -z "$soci" ]] && soci_ok "$cache/soci"; then soci="$cache/soci"; fi
+if [[ -z "$soci" ]]; then
+  if ! command -v go >/dev/null 2>&1; then
+    reasons+=("no Go toolchain on PATH: soci $SOCI_VERSION cannot be built from source")
   else
-    echo "no Go toolchain on PATH: soci $SOCI_VERSION cannot be built" > "$error_file"
-    log "WARNING: $(cat "$error_file")"
+    build_from_source "${SOCI_SOURCE:-$(dirname "$root")/shared/third_party/soci-snapshotter/soci-snapshotter-$SOCI_VERSION.tar.gz}"
+    soci_ok "$cache/soci" || build_from_proxy
+    soci_ok "$cache/soci" && soci="$cache/soci"
   fi
 fi
-if soci_ok "$cache/soci"; then
-  ln -sf "$cache/soci" .deps/bin/soci
+if [[ -n "$soci" ]]; then
+  ln -sfn "$soci" .deps/bin/soci
   rm -f "$error_file"
 else
   rm -f .deps/bin/soci
+  {
+    echo "soci $SOCI_VERSION is not available; every route failed:"
+    printf -- '- %s\n' "${reasons[@]}"
+  } > "$error_file"
+  log "WARNING: $(head -n 1 "$error_file") (tests that need soci are skipped, or fail under CI=true)"
+  sed 's/^/bootstrap:   /' "$error_file" >&2
 fi
 
-# --- 3. Python environment --------------------------------------------------------------------------------
+# --- 3. Test-only programs: containerd 2.x and zot ---------------------------------------------------------
+# Each is built once per version into the cache under ~/.cache/soci-wrapper, like soci. A failed build does
+# not stop bootstrap: its reason goes into .deps/<name>-build-error.txt (and is printed), and the tests that
+# need the program are skipped with that reason (or fail under CI=true).
+#   a. containerd $CONTAINERD2_VERSION, with `go install` from the Go module proxy, linked as
+#      .deps/containerd2/bin/containerd: deliberately neither in .deps/bin nor on PATH, where it would silently
+#      replace Debian's containerd 1.6 in every test and soci-wrapper run. Tests pass it explicitly.
+#   b. zot $ZOT_VERSION, from the upstream source tarball ($ZOT_SOURCE, else ../shared/third_party/zot/ beside
+#      the project) checked against its pinned sha256, built as that directory's README says; .deps/bin/zot.
+
+containerd2_ok() { [[ -x "$1" ]] && "$1" --version 2>/dev/null | grep -q " ${CONTAINERD2_VERSION} ${CONTAINERD2_COMMIT}"; }
+zot_ok() { [[ -x "$1" ]] && "$1" --version 2>&1 | grep -q "\"commit\":\"${ZOT_VERSION}-${ZOT_COMMIT}\""; }
+
+# tool_build NAME VERSION BINARY CHECK SCRIPT: makes sure $cache_root/NAME-VERSION/BINARY exists and passes
+# CHECK, else runs SCRIPT in a separate `bash -euo pipefail` in a temporary directory (BUILD_DIR; the binary
+# must land in $OUT/BINARY) and installs the result there. On failure returns 1 with the reason in tool_error.
+tool_build() {
+  local name="$1" version="$2" binary="$3" check="$4" script="$5" dir tmp rc=0 started
+  dir="$cache_root/$name-$version"
+  tool_error=""
+  "$check" "$dir/$binary" && return 0
+  if ! command -v go >/dev/null 2>&1; then
+    tool_error="no Go toolchain on PATH: $name $version cannot be built"
+    return 1
+  fi
+  tmp="$(mktemp -d)"
+  started=$SECONDS
+  log "building $name $version (first time on this machine)"
+  BUILD_DIR="$tmp" OUT="$tmp/out" bash -euo pipefail -c "$script" >"$tmp/build.log" 2>&1 || rc=$?
+  if ((rc == 0)) && "$check" "$tmp/out/$binary"; then
+    mkdir -p "$dir"
+    install -m 0755 "$tmp/out/$binary" "$dir/$binary.new" && mv -f "$dir/$binary.new" "$dir/$binary"
+    log "built $name $version in $((SECONDS - started)) s"
+  elif ((rc == 0)); then
+    tool_error="$name $version was built but is not the pinned release; its --version says: $(
+      "$tmp/out/$binary" --version 2>&1 | head -n 3 | tr '\n' ' ')"
+  else
+    tool_error="$name $version could not be built (exit $rc); the end of its build log:
+$(tail -n 20 "$tmp/build.log")"
+  fi
+  rm -rf "$tmp"
+  [[ -z "$tool_error" ]]
+}
+
+# tool_install NAME VERSION BINARY LINK ERROR_FILE: after tool_build, link the cached binary as LINK and
+# remove ERROR_FILE; or remove LINK, write tool_error into ERROR_FILE and print it.
+tool_install() {
+  local name="$1" version="$2" binary="$3" link="$4" error_file="$5"
+  if [[ -z "$tool_error" ]]; then
+    mkdir -p "$(dirname "$link")"
+    ln -sfn "$cache_root/$name-$version/$binary" "$link"
+    rm -f "$error_file"
+  else
+    rm -f "$link"
+    printf '%s\n' "$tool_error" > "$error_file"
+    log "WARNING: $name $version is not available (tests that need it are skipped, or fail under CI=true):"
+    sed 's/^/bootstrap:   /' "$error_file" >&2
+  fi
+}
+
+# a. containerd 2.x. The ldflags are what containerd's Makefile stamps (`containerd --version`, Version RPC).
+CONTAINERD2_VERSION="$CONTAINERD2_VERSION" CONTAINERD2_COMMIT="$CONTAINERD2_COMMIT" \
+  tool_build containerd "$CONTAINERD2_VERSION" containerd containerd2_ok '
+    export GOTOOLCHAIN=local GOBIN="$OUT"
+    pkg=github.com/containerd/containerd/v2
+    go install -trimpath \
+      -ldflags "-X $pkg/version.Version=$CONTAINERD2_VERSION -X $pkg/version.Revision=$CONTAINERD2_COMMIT -X $pkg/version.Package=github.com/containerd/containerd/v2" \
+      "$pkg/cmd/containerd@$CONTAINERD2_VERSION"' || true
+tool_install containerd "$CONTAINERD2_VERSION" containerd .deps/containerd2/bin/containerd \
+  .deps/containerd2-build-error.txt
+
+# b. zot. The source tarball is only needed when the cache has no zot of the pinned version.
+zot_tarball="${ZOT_SOURCE:-$(dirname "$root")/shared/third_party/zot/zot-$ZOT_VERSION.tar.gz}"
+tool_error=""
+if ! zot_ok "$cache_root/zot-$ZOT_VERSION/zot"; then
+  if [[ ! -f "$zot_tarball" ]]; then
+    tool_error="zot source tarball $zot_tarball does not exist (set ZOT_SOURCE to the zot $ZOT_VERSION source tarball)"
+  elif got="$(sha256sum "$zot_tarball" | cut -d' ' -f1)" && [[ "$got" != "$ZOT_SOURCE_SHA256" ]]; then
+    tool_error="zot source tarball $zot_tarball has sha256 $got, expected $ZOT_SOURCE_SHA256; not used"
+  else
+    log "zot source tarball $zot_tarball: sha256 verified"
+  fi
+fi
+if [[ -z "$tool_error" ]]; then
+  # The flags of zot's Makefile for its minimal binary, which stamp the version into `zot --version`.
+  TARBALL="$zot_tarball" ZOT_VERSION="$ZOT_VERSION" ZOT_COMMIT="$ZOT_COMMIT" \
+    tool_build zot "$ZOT_VERSION" zot zot_ok '
+      export GOTOOLCHAIN=local CGO_ENABLED=0 GOEXPERIMENT=jsonv2
+      tar -xzf "$TARBALL" -C "$BUILD_DIR"
+      cd "$BUILD_DIR/zot-${ZOT_VERSION#v}"
+      info=zotregistry.dev/zot/v2/pkg/buildinfo
+      go build -trimpath -o "$OUT/zot" -ldflags "-X $info.ReleaseTag=$ZOT_VERSION -X $info.Commit=$ZOT_VERSION-$ZOT_COMMIT -X $info.BinaryType=minimal -X $info.GoVersion=$(go env GOVERSION) -s -w" ./cmd/zot' || true
+fi
+tool_install zot "$ZOT_VERSION" zot .deps/bin/zot .deps/zot-build-error.txt
+
+# --- 4. Python environment --------------------------------------------------------------------------------
 py="${PYTHON:-python3}"
 if [[ ! -x .venv/bin/python ]]; then
   log "creating .venv"

@@ -29,7 +29,8 @@ COMMANDS = ("index", "pull", "doctor")
 
 EXIT_CODES_HELP = """\
 exit codes:
-  0    success (or the image was already indexed)
+  0    success (or the image was already indexed); with several platforms, at least one was indexed
+       and the others are listed as not indexed (e.g. every layer under --min-layer-size)
   1    unexpected internal error (rerun with --debug for the traceback)
   2    bad usage or input (invalid reference, digest, option)
   3    authentication failed (registry or AWS)
@@ -366,11 +367,17 @@ def cmd_index(args: argparse.Namespace, out: Console, err: Console, stdin: Calla
         skipped = sum(x.size for x in idx.layers_skipped)
         table.add_row(f"index {idx.platform}", idx.soci_index_digest)
         if idx.ztocs or idx.layers_indexed or idx.layers_skipped:
+            reused = sum(1 for x in idx.layers if x.status == "reused")
             table.add_row(
                 "",
-                f"{idx.ztocs} zTOCs; {len(idx.layers_indexed)} layers indexed ({human_size(indexed)}), "
-                f"{len(idx.layers_skipped)} skipped ({human_size(skipped)})",
+                f"{idx.ztocs} zTOCs; {len(idx.layers_indexed)} layers indexed ({human_size(indexed)})"
+                + (f", {reused} of them reused" if reused else "")
+                + f", {len(idx.layers_skipped)} skipped ({human_size(skipped)})",
             )
+    for skip in report.not_indexed:
+        table.add_row(f"no index {skip.platform}", skip.reason)
+    if report.push and report.push.get("attempts", 1) > 1:
+        table.add_row("push", f"{report.push['attempts']} attempts (transient registry errors retried)")
     if report.pushed_tag:
         table.add_row("pushed tag", f"{report.pushed_tag} ({report.output_digest or 'unchanged'})")
     table.add_row("time", ", ".join(f"{k} {v:.1f}s" for k, v in report.stages.items()))

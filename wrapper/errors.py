@@ -70,9 +70,10 @@ class ContainerdError(WrapperError):
 
 
 class SociError(WrapperError):
-    """The soci binary failed."""
+    """The soci binary failed. ``transient``: for a reason another attempt may not meet (5xx, reset)."""
 
     exit_code = ExitCode.SOCI
+    transient = False
 
 
 class NothingToIndexError(SociError):

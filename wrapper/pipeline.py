@@ -1,6 +1,8 @@
 """The stage as one readable sequence:
 
-    resolve -> authenticate -> check -> containerd -> pull -> index -> push -> report
+    preflight -> authenticate -> resolve -> check -> containerd -> pull -> index -> push -> report
+
+Preflight checks what the run will need (soci, containerd) before any network or daemon work.
 
 ``run_index`` is the product (the seed's command and ``soci-wrapper index``); ``run_pull`` is its first half on
 its own (``soci-wrapper pull``). Everything they start they stop, and everything they create on disk they
@@ -10,8 +12,10 @@ remove, unless asked to keep the work directory.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -21,9 +25,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from wrapper.containerd.client import ContainerdClient
-from wrapper.containerd.daemon import AttachedContainerd, ManagedContainerd
+from wrapper.containerd.daemon import MISSING_MESSAGE, AttachedContainerd, ManagedContainerd, find_containerd
 from wrapper.errors import (
     AuthError,
+    ContainerdError,
     MissingDependencyError,
     NotFoundError,
     NothingToIndexError,
@@ -38,13 +43,21 @@ from wrapper.models import (
     Descriptor,
     Platform,
 )
-from wrapper.progress import QuietReporter, Reporter
-from wrapper.pull import DEFAULT_MIN_LAYER_SIZE, Puller, PullOptions, PullResult, ResolvedImage, resolve_image
+from wrapper.progress import QuietReporter, Reporter, human_size, short_digest
+from wrapper.pull import (
+    DEFAULT_MIN_LAYER_SIZE,
+    PlatformImage,
+    Puller,
+    PullOptions,
+    PullResult,
+    ResolvedImage,
+    resolve_image,
+)
 from wrapper.push import ImagePusher
 from wrapper.registry.auth import Credentials, CredentialStore
 from wrapper.registry.client import RegistryClient
 from wrapper.registry.reference import Reference
-from wrapper.soci import PushAuth, Soci, find_soci
+from wrapper.soci import PushAuth, Soci, SociEvent, check_soci
 
 log = logging.getLogger("wrapper.pipeline")
 
@@ -104,6 +117,18 @@ class LayerInfo:
 
 
 @dataclass
+class LayerReport:
+    """What soci did with one layer: ``built`` a zTOC, ``reused`` one it already had, or ``skipped`` it
+    (``reason``: under --min-layer-size, or a format soci cannot index)."""
+
+    digest: str
+    size: int
+    status: str
+    ztoc: str | None = None
+    reason: str | None = None
+
+
+@dataclass
 class PlatformIndex:
     platform: str
     manifest_digest: str
@@ -111,6 +136,16 @@ class PlatformIndex:
     ztocs: int = 0
     layers_indexed: list[LayerInfo] = field(default_factory=list)
     layers_skipped: list[LayerInfo] = field(default_factory=list)
+    layers: list[LayerReport] = field(default_factory=list)
+
+
+@dataclass
+class PlatformSkipped:
+    """A selected platform that gets no SOCI index, and why."""
+
+    platform: str
+    manifest_digest: str
+    reason: str
 
 
 @dataclass
@@ -121,10 +156,12 @@ class IndexReport:
     status: Literal["indexed", "already-indexed"]
     platforms: list[str]
     indexes: list[PlatformIndex] = field(default_factory=list)
+    not_indexed: list[PlatformSkipped] = field(default_factory=list)
     pushed_tag: str | None = None
     output_digest: str | None = None
     stages: dict[str, float] = field(default_factory=dict)
     pull: dict[str, Any] | None = None
+    push: dict[str, Any] | None = None
     work_dir: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -150,6 +187,21 @@ class Stages:
 
 
 # -- building blocks ---------------------------------------------------------------------------------------
+def check_containerd(options: DaemonOptions) -> None:
+    """Before any network work: the containerd this run will use is there (and root, to start our own)."""
+    if options.containerd_address:
+        AttachedContainerd(options.containerd_address).start()  # the socket exists and answers Version
+        return
+    if find_containerd(options.containerd_bin) is None:
+        where = "" if options.containerd_bin == "containerd" else f" (looked for {options.containerd_bin})"
+        raise MissingDependencyError(MISSING_MESSAGE + where)
+    if os.geteuid() != 0:
+        raise ContainerdError(
+            "starting a private containerd needs root",
+            hint="run as root (a privileged CodeBuild project), or attach with --containerd-address",
+        )
+
+
 def open_registry(ref: Reference, options: RegistryOptions) -> RegistryClient:
     explicit: dict[str, Credentials] = {}
     if options.username is not None:
@@ -206,6 +258,7 @@ def run_pull(
     """``soci-wrapper pull``: the image into containerd's content store (into an attached containerd, or into
     a managed one whose work directory is kept only with --keep-work-dir)."""
     reporter = reporter or QuietReporter()
+    check_containerd(daemon_options)
     with open_registry(ref, registry_options) as registry:
         reporter.stage("resolve", str(ref))
         image = resolve_image(registry, ref, options)
@@ -224,6 +277,9 @@ def run_index(
     stages = Stages(reporter)
     ref = request.reference
 
+    soci_bin = check_soci(request.soci_bin)  # fail fast: nothing below is worth doing without them
+    check_containerd(daemon_options)
+
     with open_registry(ref, registry_options) as registry:
         with stages("authenticate", ref.registry):
             registry.credentials.get(ref.registry)  # an ECR token is fetched here: fail early and clearly
@@ -237,6 +293,8 @@ def run_index(
             platforms=[str(p.platform) for p in image.selected],
             stages=stages.seconds,
         )
+        # Platforms whose layers are all under --min-layer-size get no index: known from the manifest alone.
+        image = _only_indexable(image, request.pull.min_layer_size, report, reporter)
         if not request.force:
             with stages("check", "looking for an existing SOCI index"):
                 existing = find_existing_indexes(registry, image, request)
@@ -246,12 +304,6 @@ def run_index(
                 if request.soci_version == "V2":
                     report.pushed_tag = request.output_tag
                 return report
-
-        soci_bin = find_soci(request.soci_bin)
-        if soci_bin is None:
-            raise MissingDependencyError(
-                "soci not found", hint="run scripts/bootstrap.sh, set SOCI_BIN or pass --soci-bin"
-            )
 
         # The containerd session (and the run directory) last until the end of this block.
         push_auth = _push_auth(registry, ref) if request.soci_version == "V1" else None
@@ -271,9 +323,11 @@ def run_index(
                 tmp_dir=run_dir / "tmp",
                 timeout=request.soci_timeout,
                 debug=request.debug,
+                # v1: soci's own store keeps every platform's index (containerd's GC keeps only the last).
+                content_store="soci" if push_auth is not None else "containerd",
             )
             if push_auth is not None:
-                _index_v1(request, pulled, soci, client, push_auth, report, stages)
+                _index_v1(request, pulled, soci, push_auth, report, stages)
             else:
                 _index_v2(request, pulled, soci, client, registry, report, stages, reporter)
     return report
@@ -295,21 +349,72 @@ def _push_auth(registry: RegistryClient, ref: Reference) -> PushAuth:
     )
 
 
+def _only_indexable(
+    image: ResolvedImage, min_layer_size: int, report: IndexReport, reporter: Reporter
+) -> ResolvedImage:
+    """``image`` narrowed to the platforms with a layer of at least ``min_layer_size`` (soci indexes a layer
+    of exactly the minimum); the others are reported. NothingToIndexError when no platform is left."""
+    keep: list[PlatformImage] = []
+    for sel in image.selected:
+        if any(layer.size >= min_layer_size for layer in sel.layers):
+            keep.append(sel)
+            continue
+        reason = f"every layer is under --min-layer-size ({human_size(min_layer_size)})"
+        report.not_indexed.append(PlatformSkipped(str(sel.platform), sel.manifest.digest, reason))
+        if len(image.selected) > 1:
+            reporter.warn(f"{sel.platform}: {reason}; no SOCI index")
+    if not keep:
+        raise NothingToIndexError(
+            f"nothing to index: every layer of the image is smaller than the minimum layer size of "
+            f"{min_layer_size} bytes",
+            hint="lower --min-layer-size to index smaller layers",
+        )
+    return dataclasses.replace(image, selected=keep)
+
+
+class _LayerEvents:
+    """Collects what soci says about each layer of one platform, and shows it as progress."""
+
+    def __init__(self, reporter: Reporter, key: str, image: PlatformImage) -> None:
+        self.reporter = reporter
+        self.key = key
+        self.sizes = {layer.digest: layer.size for layer in image.layers}
+        self.layers: dict[str, SociEvent] = {}
+
+    def __call__(self, event: SociEvent) -> None:
+        if event.kind not in ("built", "reused", "skipped") or event.digest not in self.sizes:
+            return
+        self.layers[event.digest] = event
+        size = human_size(self.sizes[event.digest])
+        what = {"built": "zTOC built", "reused": "zTOC reused", "skipped": "skipped"}[event.kind]
+        note = f": {event.detail}" if event.kind == "skipped" else f" -> {short_digest(event.ztoc)}"
+        self.reporter.step(self.key, f"{what} for layer {short_digest(event.digest)} ({size}){note}")
+
+    def summary(self) -> str:
+        counts = {
+            k: sum(1 for e in self.layers.values() if e.kind == k) for k in ("built", "reused", "skipped")
+        }
+        return ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "no layer reported"
+
+
 def _index_v1(
     request: IndexRequest,
     pulled: PullResult,
     soci: Soci,
-    client: ContainerdClient,
     push_auth: PushAuth,
     report: IndexReport,
     stages: Stages,
 ) -> None:
-    # One `soci create` per platform: soci stops at the first platform with nothing to index, and a
-    # platform whose layers are all small should not keep the others from getting their index.
+    # One `soci create` per platform: soci stops at the first platform with nothing to index (a layer format
+    # it cannot read, say), which should not keep the other platforms from getting their index.
+    reporter = stages.reporter
     indexed: list[Platform] = []
     nothing: NothingToIndexError | None = None
     with stages("index", "soci create (SOCI index manifest v1)"):
         for image in pulled.selected:
+            key = f"create {image.platform}"
+            events = _LayerEvents(reporter, key, image)
+            reporter.steps_started(key, f"soci create {image.platform}", total=len(image.layers))
             try:
                 soci.create(
                     pulled.image_name,
@@ -317,23 +422,38 @@ def _index_v1(
                     span_size=request.span_size,
                     min_layer_size=request.pull.min_layer_size,
                     force=request.force,
+                    on_event=events,
                 )
             except NothingToIndexError as exc:
+                reporter.steps_finished(key, "no zTOC")
                 nothing = nothing or exc
-                stages.reporter.warn(
-                    f"{image.platform}: every layer is under --min-layer-size; no SOCI index"
-                )
+                reason = "soci made no zTOC (no layer it can index)"
+                report.not_indexed.append(PlatformSkipped(str(image.platform), image.manifest.digest, reason))
+                reporter.warn(f"{image.platform}: {reason}; no SOCI index")
                 continue
+            reporter.steps_finished(key, events.summary())
             digests = soci.index_digests(pulled.image_name, image.platform)
             if not digests:
                 raise SociError(f"soci create succeeded but recorded no index for {image.platform}")
-            report.indexes.append(_describe_index(client, digests[0], image, request.pull.min_layer_size))
+            report.indexes.append(_describe_index(soci.read_blob(digests[0]), digests[0], image, events))
             indexed.append(image.platform)
     if not indexed:
         assert nothing is not None
         raise nothing
     with stages("push", f"soci push to {pulled.reference.registry}"):
-        soci.push(pulled.image_name, push_auth, platforms=indexed)
+        key = "push"
+        reporter.steps_started(key, "soci push")
+
+        def on_push(event: SociEvent) -> None:
+            if event.kind == "retry":
+                reporter.warn(f"soci push: {event.detail}")
+            elif event.kind in ("uploaded", "exists"):
+                verb = "pushed" if event.kind == "uploaded" else "already there"
+                reporter.step(key, f"{verb} {short_digest(event.digest)}")
+
+        outcome = soci.push(pulled.image_name, push_auth, platforms=indexed, on_event=on_push)
+        reporter.steps_finished(key, f"{outcome.attempts} attempt{'s' if outcome.attempts > 1 else ''}")
+    report.push = {"tool": "soci push", "attempts": outcome.attempts, "seconds": outcome.seconds}
 
 
 def _index_v2(
@@ -350,13 +470,25 @@ def _index_v2(
     ref = pulled.reference
     dest = Reference(ref.registry, ref.repository, tag=request.output_tag)
     with stages("index", "soci convert (SOCI index manifest v2)"):
+        key = "convert"
+        by_layer = {layer.digest: image for image in pulled.selected for layer in image.layers}
+        events = {str(image.platform): _LayerEvents(reporter, key, image) for image in pulled.selected}
+
+        def on_event(event: SociEvent) -> None:
+            image = by_layer.get(event.digest)
+            if image is not None:
+                events[str(image.platform)](event)
+
+        reporter.steps_started(key, "soci convert", total=len(by_layer))
         soci.convert(
             pulled.image_name,
             str(dest),
             platforms=[p.platform for p in pulled.selected],
             span_size=request.span_size,
             min_layer_size=request.pull.min_layer_size,
+            on_event=on_event,
         )
+        reporter.steps_finished(key, "; ".join(f"{p}: {e.summary()}" for p, e in events.items()))
         converted = client.images.get(str(dest)).target
         entries = [Descriptor.from_oci(m) for m in json.loads(_read(client, converted)).get("manifests", [])]
         for image in pulled.selected:
@@ -368,32 +500,49 @@ def _index_v2(
                 ),
                 None,
             )
-            if soci_entry is None:  # soci convert leaves out platforms with nothing to index
-                reporter.warn(f"{image.platform}: every layer is under --min-layer-size; no SOCI index")
+            if soci_entry is None:  # soci convert leaves out platforms with nothing it can index
+                reason = "soci made no zTOC (no layer it can index)"
+                report.not_indexed.append(PlatformSkipped(str(image.platform), image.manifest.digest, reason))
+                reporter.warn(f"{image.platform}: {reason}; no SOCI index")
                 continue
+            body = _read(client, soci_entry)
             report.indexes.append(
-                _describe_index(client, soci_entry.digest, image, request.pull.min_layer_size)
+                _describe_index(body, soci_entry.digest, image, events[str(image.platform)])
             )
     with stages("push", f"{dest}"):
         pushed = ImagePusher(client, registry, reporter=reporter).push(str(dest), dest)
     report.pushed_tag = request.output_tag
     report.output_digest = pushed.digest
+    report.push = {
+        "tool": "soci-wrapper",
+        "blobs_uploaded": len(pushed.blobs_uploaded),
+        "blobs_skipped": len(pushed.blobs_skipped),
+        "bytes_uploaded": pushed.bytes_uploaded,
+    }
 
 
 def _read(client: ContainerdClient, desc: Descriptor) -> bytes:
     return b"".join(client.content.read(desc.digest))
 
 
-def _describe_index(client: ContainerdClient, digest: str, image: Any, min_layer_size: int) -> PlatformIndex:
-    """What a SOCI index (in containerd's content store) covers of ``image`` (a pull.PlatformImage)."""
-    doc = json.loads(b"".join(client.content.read(digest)))
-    covered = {
-        layer.get("annotations", {}).get(SOCI_LAYER_DIGEST_ANNOTATION) for layer in doc.get("layers", [])
+def _describe_index(body: bytes, digest: str, image: PlatformImage, events: _LayerEvents) -> PlatformIndex:
+    """What a SOCI index manifest (``body``) covers of ``image``, with what soci said of each layer."""
+    doc = json.loads(body)
+    ztocs = {
+        layer.get("annotations", {}).get(SOCI_LAYER_DIGEST_ANNOTATION): layer.get("digest")
+        for layer in doc.get("layers", [])
     }
     out = PlatformIndex(str(image.platform), image.manifest.digest, digest, ztocs=len(doc.get("layers", [])))
     for layer in image.layers:
-        target = out.layers_indexed if layer.digest in covered else out.layers_skipped
+        target = out.layers_indexed if layer.digest in ztocs else out.layers_skipped
         target.append(LayerInfo(layer.digest, layer.size))
+        event = events.layers.get(layer.digest)
+        if layer.digest in ztocs:
+            status = "reused" if event is not None and event.kind == "reused" else "built"
+            out.layers.append(LayerReport(layer.digest, layer.size, status, ztoc=ztocs[layer.digest]))
+        else:
+            reason = event.detail if event is not None and event.detail else "under --min-layer-size"
+            out.layers.append(LayerReport(layer.digest, layer.size, "skipped", reason=reason))
     return out
 
 

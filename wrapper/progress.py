@@ -2,6 +2,10 @@
 
 All output goes to stderr, so that stdout carries only the result (the summary, or ``--json``).
 The pull calls these from several threads at once; every implementation is thread-safe.
+
+Two kinds of progress: bytes of blobs (``blob_*``: pull and push), and counted steps of work that is not
+measured in bytes (``steps_*``: the layers ``soci create`` or ``soci convert`` goes through, the artifacts
+``soci push`` sends). A new stage closes whatever the previous stage left on screen.
 """
 
 from __future__ import annotations
@@ -11,15 +15,18 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    MofNCompleteColumn,
     Progress,
+    SpinnerColumn,
     TaskID,
     TextColumn,
+    TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
@@ -45,6 +52,9 @@ class Reporter(Protocol):
     def blob_started(self, digest: str, label: str, total: int, offset: int = 0) -> None: ...
     def blob_advanced(self, digest: str, nbytes: int) -> None: ...
     def blob_finished(self, digest: str, note: str = "") -> None: ...
+    def steps_started(self, key: str, label: str, total: int | None = None) -> None: ...
+    def step(self, key: str, message: str) -> None: ...
+    def steps_finished(self, key: str, summary: str = "") -> None: ...
     def close(self) -> None: ...
 
 
@@ -72,8 +82,25 @@ class QuietReporter:
     def blob_finished(self, digest: str, note: str = "") -> None:
         pass
 
+    def steps_started(self, key: str, label: str, total: int | None = None) -> None:
+        pass
+
+    def step(self, key: str, message: str) -> None:
+        pass
+
+    def steps_finished(self, key: str, summary: str = "") -> None:
+        pass
+
     def close(self) -> None:
         pass
+
+
+@dataclass
+class _Steps:
+    label: str
+    total: int | None
+    done: int
+    started: float
 
 
 @dataclass
@@ -91,6 +118,7 @@ class PlainReporter(QuietReporter):
         super().__init__(stream)
         self._lock = threading.Lock()
         self._blobs: dict[str, _Blob] = {}
+        self._steps: dict[str, _Steps] = {}
 
     def _line(self, text: str) -> None:
         with self._lock:
@@ -128,30 +156,83 @@ class PlainReporter(QuietReporter):
             f" in {secs:.1f} s ({rate}){extra}"
         )
 
+    def steps_started(self, key: str, label: str, total: int | None = None) -> None:
+        with self._lock:
+            self._steps[key] = _Steps(label, total, 0, time.monotonic())
+        self._line(f"    {label}" + (f" ({total} to go)" if total else ""))
+
+    def _advance(self, key: str) -> str:
+        """Count one step of ``key``; returns its position as ``[n/total]`` (or ``[n]``)."""
+        with self._lock:
+            steps = self._steps.get(key)
+            if steps is None:
+                return ""
+            steps.done += 1
+            return f"[{steps.done}/{steps.total}]" if steps.total else f"[{steps.done}]"
+
+    def step(self, key: str, message: str) -> None:
+        self._line(f"    {self._advance(key)} {message}".rstrip())
+
+    def steps_finished(self, key: str, summary: str = "") -> None:
+        with self._lock:
+            steps = self._steps.pop(key, None)
+        if steps is not None:
+            secs = time.monotonic() - steps.started
+            self._line(f"    {steps.label}: {summary or 'done'} in {secs:.1f} s")
+
 
 class RichReporter(PlainReporter):
-    """A terminal: a bar per blob (bytes, rate) and a total bar."""
+    """A terminal: a bar per blob (bytes, rate) and a total bar; a spinner with a count and the elapsed time
+    for soci's work. Only one live display at a time: a new stage (or the other kind) closes the old one."""
 
     def __init__(self, console: Console | None = None) -> None:
         self._console = console or Console(stderr=True)
         super().__init__(self._console.file)  # type: ignore[arg-type]
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=self._console,
-            transient=True,
-        )
+        self._progress: Progress | None = None
+        self._kind = ""
         self._tasks: dict[str, TaskID] = {}
         self._total: TaskID | None = None
-        self._started = False
 
     def _line(self, text: str) -> None:
         self._console.print(text, highlight=False, markup=False)
 
+    def _live(self, kind: str) -> Progress:
+        """The live display for ``kind`` ("blobs" or "steps"), started if needed. Call with the lock held."""
+        if self._progress is not None and self._kind == kind:
+            return self._progress
+        self._stop_live()
+        if kind == "blobs":
+            columns: tuple[Any, ...] = (
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(binary_units=True),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+            )
+        else:
+            columns = (
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+            )
+        self._progress = Progress(*columns, console=self._console, transient=True)
+        self._kind = kind
+        self._progress.start()
+        return self._progress
+
+    def _stop_live(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+        self._progress = None
+        self._kind = ""
+        self._tasks.clear()
+        self._total = None
+
     def stage(self, name: str, detail: str = "") -> None:
+        with self._lock:
+            self._stop_live()  # the previous stage's bars go before the next stage's line
         self._console.print(
             f"[bold cyan]==>[/] [bold]{name}[/]" + (f": {detail}" if detail else ""), highlight=False
         )
@@ -161,34 +242,58 @@ class RichReporter(PlainReporter):
 
     def blob_started(self, digest: str, label: str, total: int, offset: int = 0) -> None:
         with self._lock:
-            if not self._started:
-                self._progress.start()
-                self._started = True
+            progress = self._live("blobs")
             if self._total is None:
-                self._total = self._progress.add_task("total", total=0)
-            self._progress.update(self._total, total=(self._progress.tasks[self._total].total or 0) + total)
-            self._progress.advance(self._total, offset)
-            self._tasks[digest] = self._progress.add_task(
+                self._total = progress.add_task("total", total=0)
+            progress.update(self._total, total=(progress.tasks[self._total].total or 0) + total)
+            progress.advance(self._total, offset)
+            self._tasks[digest] = progress.add_task(
                 f"{label} {short_digest(digest)}", total=total, completed=offset
             )
 
     def blob_advanced(self, digest: str, nbytes: int) -> None:
-        task = self._tasks.get(digest)
+        with self._lock:
+            progress, task, total = self._progress, self._tasks.get(digest), self._total
+        if progress is None or self._kind != "blobs":
+            return
         if task is not None:
-            self._progress.advance(task, nbytes)
-        if self._total is not None:
-            self._progress.advance(self._total, nbytes)
+            progress.advance(task, nbytes)
+        if total is not None:
+            progress.advance(total, nbytes)
 
     def blob_finished(self, digest: str, note: str = "") -> None:
         with self._lock:
             task = self._tasks.pop(digest, None)
-        if task is not None:
-            self._progress.remove_task(task)
+            if task is not None and self._progress is not None:
+                self._progress.remove_task(task)
+
+    def steps_started(self, key: str, label: str, total: int | None = None) -> None:
+        with self._lock:
+            self._steps[key] = _Steps(label, total, 0, time.monotonic())
+            progress = self._live("steps")
+            self._tasks[key] = progress.add_task(label, total=total)
+
+    def step(self, key: str, message: str) -> None:
+        position = self._advance(key)
+        with self._lock:
+            task = self._tasks.get(key)
+            if task is not None and self._progress is not None:
+                self._progress.advance(task, 1)
+        self._line(f"    {position} {message}".rstrip())
+
+    def steps_finished(self, key: str, summary: str = "") -> None:
+        with self._lock:
+            steps = self._steps.pop(key, None)
+            task = self._tasks.pop(key, None)
+            if task is not None and self._progress is not None:
+                self._progress.remove_task(task)
+        if steps is not None:
+            secs = time.monotonic() - steps.started
+            self._line(f"    {steps.label}: {summary or 'done'} in {secs:.1f} s")
 
     def close(self) -> None:
-        if self._started:
-            self._progress.stop()
-            self._started = False
+        with self._lock:
+            self._stop_live()
 
 
 def make_reporter(

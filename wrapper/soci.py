@@ -1,9 +1,17 @@
 """The one place that runs the soci binary, and maps its failures to typed errors.
 
-Every call gets ``--address``, ``--namespace``, ``--root`` (a directory of this run) and
-``--content-store containerd``, so nothing touches the host's soci or containerd state. Registry
-credentials reach ``soci push`` through a temporary ``DOCKER_CONFIG`` directory (0700, its config.json 0600,
-deleted right after the call), never through ``--user`` on its command line.
+Every call gets ``--address``, ``--namespace``, ``--root`` (a directory of this run) and ``--content-store``,
+so nothing touches the host's soci or containerd state. SOCI index manifest v1 uses soci's own content store
+(``<root>/content``): with containerd's, containerd's garbage collector deletes every platform's index but the
+last (soci v0.15.0 keeps them alive through one image label that each platform overwrites). soci still reads
+the image and its layers from containerd.
+
+What soci prints as it works (a zTOC built, reused or skipped; an artifact pushed or skipped) is read line by
+line while it runs and handed to the caller as events, for progress and for the report. ``soci push`` is
+retried when it fails for a transient reason (it is idempotent: blobs already in the registry are skipped).
+
+Registry credentials reach ``soci push`` through a temporary ``DOCKER_CONFIG`` directory (0700, its
+config.json 0600, deleted right after the call), never through ``--user`` on its command line.
 """
 
 from __future__ import annotations
@@ -18,9 +26,21 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
 
 from wrapper.errors import (
     AuthError,
@@ -32,14 +52,88 @@ from wrapper.errors import (
     SociError,
 )
 from wrapper.models import Platform
+from wrapper.pins import SOCI_VERSION
+from wrapper.util import one_line
 
 log = logging.getLogger("wrapper.soci")
 
-SOCI_RELEASE = "v0.15.0"  # the release scripts/bootstrap.sh builds; doctor warns about others
+SOCI_RELEASE = SOCI_VERSION  # the release scripts/bootstrap.sh builds (wrapper/pins.env)
+# The releases whose flags and output soci-wrapper knows: major.minor of the pin.
+SUPPORTED_SERIES = ".".join(SOCI_RELEASE.split(".")[:2])
 SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 DEFAULT_TIMEOUT = 3600.0
 _STDERR_TAIL_LINES = 12
 _DIGEST_LINE = re.compile(r"^sha256:[a-f0-9]{64}$")
+_VERSION_RE = re.compile(r"\bv?(\d+)\.(\d+)\.(\d+)\S*")
+
+# What soci v0.15.0 prints on stdout as it goes (soci/soci_index.go, cmd/soci/commands/push.go).
+_ZTOC_BUILT = re.compile(r"^layer (sha256:[a-f0-9]{64}) -> ztoc (sha256:[a-f0-9]{64})( \(already exists\))?$")
+_ZTOC_SKIPPED = re.compile(r"^ztoc skipped - layer (sha256:[a-f0-9]{64}) \(([^)]*)\) (.*)$")
+_PUSH_LINE = re.compile(
+    r"^(pushing soci index|pushing artifact|successfully pushed artifact|skipped artifact) with digest: "
+    r"(sha256:[a-f0-9]{64})$"
+)
+
+# Failures of soci push worth another attempt (oras-go already retries what it can replay; an upload with a
+# body, a reset or a timeout fails the command) and failures that another attempt cannot fix.
+_TRANSIENT = re.compile(
+    r"status code (5\d\d|429)|\b(5\d\d|429) (internal server error|bad gateway|service unavailable|"
+    r"gateway timeout|too many requests)|connection reset|connection refused|broken pipe|unexpected eof|"
+    r"\beof\b|i/o timeout|timeout awaiting|tls handshake timeout|client\.timeout|server closed idle connection|"
+    r"connection was forcibly closed|no route to host",
+    re.IGNORECASE,
+)
+_PERMANENT = re.compile(
+    r"status code (400|401|403|404|405|413)|unauthorized|forbidden|denied|name unknown|manifest invalid|"
+    r"manifest unknown|blob unknown|unsupported|x509:|certificate",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class SociEvent:
+    """One thing soci reported while it worked.
+
+    ``kind``: ``built``/``reused``/``skipped`` (a layer's zTOC, from create and convert), ``index`` (push
+    started on a SOCI index), ``uploading``/``uploaded``/``exists`` (push: an artifact), ``retry`` (the
+    wrapper is about to run a failed push again; ``detail`` says why).
+    """
+
+    kind: Literal["built", "reused", "skipped", "index", "uploading", "uploaded", "exists", "retry"]
+    digest: str = ""
+    ztoc: str = ""
+    detail: str = ""
+
+
+EventSink = Callable[[SociEvent], None]
+
+
+def parse_event(line: str) -> SociEvent | None:
+    """The event for one line of soci's stdout, or None for a line that is not one."""
+    line = line.strip()
+    if m := _ZTOC_BUILT.match(line):
+        return SociEvent("reused" if m.group(3) else "built", m.group(1), m.group(2))
+    if m := _ZTOC_SKIPPED.match(line):
+        return SociEvent("skipped", m.group(1), detail=m.group(3))
+    if m := _PUSH_LINE.match(line):
+        kind = {
+            "pushing soci index": "index",
+            "pushing artifact": "uploading",
+            "successfully pushed artifact": "uploaded",
+            "skipped artifact": "exists",
+        }[m.group(1)]
+        return SociEvent(kind, m.group(2))  # type: ignore[arg-type]
+    return None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often, and for how long, a failed ``soci push`` is tried again."""
+
+    attempts: int = 4
+    max_seconds: float = 120.0
+    initial_wait: float = 1.0
+    max_wait: float = 15.0
 
 
 def find_soci(explicit: str | None = None, *, project_root: Path | None = None) -> str | None:
@@ -65,10 +159,43 @@ def soci_version(binary: str) -> str:
         out = subprocess.run(
             [binary, "--version"], capture_output=True, text=True, timeout=30, check=True
         ).stdout.strip()
+    except subprocess.CalledProcessError as exc:
+        raise MissingDependencyError(
+            f"{binary} is not a soci binary: '--version' exited with status {exc.returncode}",
+            hint="run scripts/bootstrap.sh, set SOCI_BIN or pass --soci-bin",
+        ) from exc
     except (OSError, subprocess.SubprocessError) as exc:
-        raise MissingDependencyError(f"soci at {binary} does not run: {exc}") from exc
+        raise MissingDependencyError(f"soci at {binary} does not run: {one_line(exc)}") from exc
+    if not out.startswith("soci version"):
+        raise MissingDependencyError(
+            f"{binary} is not a soci binary (its --version says {one_line(out)[:80]!r})",
+            hint="run scripts/bootstrap.sh, set SOCI_BIN or pass --soci-bin",
+        )
     # "soci version v0.15.0 7716bd67..." -> "v0.15.0 7716bd67..."
-    return out.split("version", 1)[-1].strip() if "version" in out else out
+    return out.split("version", 1)[-1].strip()
+
+
+def check_soci(explicit: str | None) -> str:
+    """The soci binary this run will use, checked before any network or daemon work.
+
+    Raises MissingDependencyError (exit 9) when it is missing, not executable, not soci, or of a release
+    series whose flags and output soci-wrapper does not know.
+    """
+    binary = find_soci(explicit)
+    if binary is None:
+        where = f" at {explicit}" if explicit else ""
+        raise MissingDependencyError(
+            f"soci not found{where}", hint="run scripts/bootstrap.sh, set SOCI_BIN or pass --soci-bin"
+        )
+    version = soci_version(binary)
+    m = _VERSION_RE.search(version)
+    if m is None or f"v{m.group(1)}.{m.group(2)}" != SUPPORTED_SERIES:
+        raise MissingDependencyError(
+            f"soci at {binary} is {version.split()[0] if version else 'of an unknown version'}; "
+            f"soci-wrapper supports {SUPPORTED_SERIES}.x",
+            hint=f"run scripts/bootstrap.sh (it builds soci {SOCI_RELEASE}) or pass --soci-bin",
+        )
+    return binary
 
 
 @dataclass(frozen=True)
@@ -94,6 +221,9 @@ class Soci:
     debug: bool = False
     # soci copies each layer to a temporary file before building its zTOC: keep those inside the work dir.
     tmp_dir: Path | None = None
+    # "soci": indexes and zTOCs in <root>/content (v1); "containerd": in containerd's content store (v2).
+    content_store: Literal["soci", "containerd"] = "containerd"
+    push_retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     # -- commands ------------------------------------------------------------------------------------
     def create(
@@ -105,12 +235,13 @@ class Soci:
         span_size: int | None = None,
         min_layer_size: int | None = None,
         force: bool = False,
+        on_event: EventSink | None = None,
     ) -> None:
         """``soci create``: a SOCI index manifest v1 (a zTOC per large layer) for image record ``ref``."""
         args = ["create", *_platform_args(platforms, all_platforms), *_size_args(span_size, min_layer_size)]
         if force:
             args.append("--force")
-        self._run([*args, ref], what="soci create", min_layer_size=min_layer_size)
+        self._run([*args, ref], what="soci create", min_layer_size=min_layer_size, on_event=on_event)
 
     def index_digests(self, ref: str, platform: Platform) -> list[str]:
         """Digests of the SOCI indexes soci recorded for ``ref``'s manifest of ``platform``, newest first."""
@@ -119,14 +250,69 @@ class Soci:
         )
         return [line.strip() for line in out.splitlines() if _DIGEST_LINE.match(line.strip())]
 
-    def push(self, ref: str, auth: PushAuth, *, platforms: Sequence[Platform] = ()) -> list[str]:
-        """``soci push`` of the newest v1 index of each platform of ``ref``; returns soci's output lines."""
+    def read_blob(self, digest: str) -> bytes:
+        """A small blob (an index manifest) from soci's own content store."""
+        if self.content_store != "soci":
+            raise ValueError(
+                "read_blob reads soci's content store; use containerd's for --content-store containerd"
+            )
+        algorithm, _, hexdigest = digest.partition(":")
+        path = self.root / "content" / "blobs" / algorithm / hexdigest
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise SociError(f"soci recorded index {digest} but its content store has no such blob") from exc
+
+    def push(
+        self,
+        ref: str,
+        auth: PushAuth,
+        *,
+        platforms: Sequence[Platform] = (),
+        on_event: EventSink | None = None,
+    ) -> PushOutcome:
+        """``soci push`` of the newest v1 index of each platform of ``ref``, tried again (up to the retry
+        policy's budget) when it fails for a transient reason; soci skips what the registry already has."""
         args = ["push", "--existing-index", "allow", *_platform_args(platforms, False)]
         if auth.plain_http:
             args.append("--plain-http")
-        with _push_environment(auth, self.tmp_dir) as env:
-            out = self._run([*args, ref], what="soci push", env=env)
-        return [line for line in out.splitlines() if line.strip()]
+        policy = self.push_retry
+        outcome = PushOutcome()
+        started = time.monotonic()
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            delay = state.next_action.sleep if state.next_action else 0.0
+            reason = _reason(exc)
+            log.debug("soci push attempt %d failed: %s", state.attempt_number, exc)
+            if on_event is not None:
+                on_event(
+                    SociEvent(
+                        "retry", detail=f"{reason}; attempt {state.attempt_number + 1} in {delay:.1f} s"
+                    )
+                )
+
+        retrying = Retrying(
+            stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.max_seconds),
+            wait=wait_exponential_jitter(initial=policy.initial_wait, max=policy.max_wait),
+            retry=retry_if_exception(lambda exc: isinstance(exc, SociError) and exc.transient),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            with _push_environment(auth, self.tmp_dir) as env:
+                for attempt in retrying:
+                    with attempt:
+                        outcome.attempts += 1
+                        out = self._run([*args, ref], what="soci push", env=env, on_event=on_event)
+        except SociError as exc:
+            if outcome.attempts > 1:
+                took = time.monotonic() - started
+                exc.message = f"{exc.message} (after {outcome.attempts} attempts over {took:.1f} s)"
+            raise
+        outcome.seconds = round(time.monotonic() - started, 3)
+        outcome.lines = [line for line in out.splitlines() if line.strip()]
+        return outcome
 
     def convert(
         self,
@@ -137,10 +323,11 @@ class Soci:
         all_platforms: bool = False,
         span_size: int | None = None,
         min_layer_size: int | None = None,
+        on_event: EventSink | None = None,
     ) -> None:
         """``soci convert``: a SOCI-enabled image (index manifest v2) as new image record ``dst``."""
         args = ["convert", *_platform_args(platforms, all_platforms), *_size_args(span_size, min_layer_size)]
-        self._run([*args, src, dst], what="soci convert", min_layer_size=min_layer_size)
+        self._run([*args, src, dst], what="soci convert", min_layer_size=min_layer_size, on_event=on_event)
 
     def version(self) -> str:
         return soci_version(self.binary)
@@ -157,7 +344,7 @@ class Soci:
             "--root",
             str(self.root),
             "--content-store",
-            "containerd",
+            self.content_store,
         ]
         if self.debug:
             base.append("--debug")
@@ -170,7 +357,9 @@ class Soci:
         what: str,
         env: Mapping[str, str] | None = None,
         min_layer_size: int | None = None,
+        on_event: EventSink | None = None,
     ) -> str:
+        """Run soci ``args``; stdout is read line by line as it comes (events go to ``on_event``)."""
         argv = self.argv(args)
         self.root.mkdir(parents=True, exist_ok=True)
         child_env = dict(os.environ)
@@ -182,11 +371,13 @@ class Soci:
         try:
             proc = subprocess.Popen(
                 argv,
+                stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
+                bufsize=1,
                 env=child_env,
-                start_new_session=True,  # so a timeout can stop soci and anything it started
+                start_new_session=True,  # so a timeout or a signal can stop soci and anything it started
             )
         except FileNotFoundError as exc:
             raise MissingDependencyError(
@@ -194,19 +385,67 @@ class Soci:
             ) from exc
         except PermissionError as exc:
             raise MissingDependencyError(f"soci at {self.binary} is not executable") from exc
+        stdout: list[str] = []
+        stderr: list[str] = []
+        assert proc.stdout is not None and proc.stderr is not None
+        readers = [
+            threading.Thread(target=_read_lines, args=(proc.stdout, stdout, on_event), daemon=True),
+            threading.Thread(target=_read_lines, args=(proc.stderr, stderr, None), daemon=True),
+        ]
+        for reader in readers:
+            reader.start()
         try:
-            stdout, stderr = proc.communicate(timeout=self.timeout)
+            proc.wait(timeout=self.timeout)
         except subprocess.TimeoutExpired as exc:
             _kill_group(proc)
-            raise SociError(f"{what} did not finish within {self.timeout:.0f} s and was stopped") from exc
+            raise SociError(
+                f"{what} did not finish within {self.timeout:g} s and was stopped",
+                hint="raise --soci-timeout for very large images",
+            ) from exc
         except BaseException:
             _kill_group(proc)
             raise
+        finally:
+            for reader in readers:
+                reader.join(timeout=10)
+        err_text = "".join(stderr)
         if proc.returncode != 0:
-            raise classify_failure(what, proc.returncode, stderr, min_layer_size=min_layer_size)
-        if stderr.strip():
-            log.debug("%s stderr: %s", what, stderr.strip())
-        return stdout
+            if proc.returncode < 0:
+                sig = signal.Signals(-proc.returncode).name
+                killed = SociError(f"{what} was killed by {sig}", detail=stderr_tail(err_text) or None)
+                raise killed
+            raise classify_failure(what, proc.returncode, err_text, min_layer_size=min_layer_size)
+        if err_text.strip():
+            log.debug("%s stderr: %s", what, err_text.strip())
+        return "".join(stdout)
+
+
+@dataclass
+class PushOutcome:
+    """What a ``soci push`` did: its output lines, how many attempts it took and how long."""
+
+    lines: list[str] = field(default_factory=list)
+    attempts: int = 0
+    seconds: float = 0.0
+
+
+def _read_lines(stream: Iterator[str], into: list[str], on_event: EventSink | None) -> None:
+    for line in stream:
+        into.append(line)
+        if on_event is not None and (event := parse_event(line)) is not None:
+            try:
+                on_event(event)
+            except Exception:  # a display problem must not break the run
+                log.debug("progress callback failed", exc_info=True)
+
+
+def _reason(exc: BaseException | None) -> str:
+    """A short reason for a retry line: soci's last words, without the long URL."""
+    if exc is None:
+        return "failed"
+    text = getattr(exc, "message", str(exc))
+    text = re.sub(r'"?https?://\S+', "", text)
+    return one_line(text)[:160]
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:
@@ -264,7 +503,14 @@ def classify_failure(what: str, code: int, stderr: str, *, min_layer_size: int |
     else:
         err = SociError(f"{what} failed (exit {code}): {last}")
     err.detail = tail
+    err.transient = is_transient_failure(stderr)
     return err
+
+
+def is_transient_failure(stderr: str) -> bool:
+    """Whether soci failed for a reason that another attempt may not meet (5xx, 429, reset, timeout)."""
+    text = stderr_tail(stderr, 4)
+    return bool(_TRANSIENT.search(text)) and not _PERMANENT.search(text)
 
 
 def _as_soci(error: Exception) -> SociError:

@@ -418,9 +418,7 @@ def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
         ]
         if args.scenario != "no-ca":
             argv += ["--ca-file", registry.ca_file]
-        if args.scenario in ("already-indexed", "no-ca"):
-            argv += ["--containerd-bin", "/nonexistent/containerd", "--soci-bin", "/nonexistent/soci"]
-        elif args.soci_bin:
+        if args.soci_bin:  # soci (and containerd) are checked before any network work, in every scenario
             argv += ["--soci-bin", args.soci_bin]
         result["cli_argv"] = argv
         registry_offset = registry.log_path.stat().st_size

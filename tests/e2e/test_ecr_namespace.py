@@ -129,8 +129,8 @@ def _assert_no_leaks_or_leftovers(result: dict[str, Any]) -> None:
     assert result["tmp_dir_entries"] == [], f"temporary files left behind: {result['tmp_dir_entries']}"
 
 
-def test_seed_flags_against_ecr_already_indexed(tmp_path: Path) -> None:
-    result = run_driver(tmp_path, "already-indexed")
+def test_seed_flags_against_ecr_already_indexed(tmp_path: Path, soci_bin: str) -> None:
+    result = run_driver(tmp_path, "already-indexed", soci_bin=soci_bin)
     assert not result["timed_out"], _describe(result)
     assert result["exit_code"] == 0, _describe(result)
     assert not result["stderr_has_traceback"], _describe(result)
@@ -145,16 +145,16 @@ def test_seed_flags_against_ecr_already_indexed(tmp_path: Path) -> None:
     assert [i["manifest_digest"] for i in report["indexes"]] == [image["digest"]]
     _assert_used_moto_token(result)
     _assert_no_leaks_or_leftovers(result)
-    # --containerd-bin/--soci-bin point nowhere: nothing was started, no run directory was made.
+    # soci and containerd were checked but not run: nothing was started, no run directory was made.
     assert "containerd" not in report["stages"] and "pull" not in report["stages"], report["stages"]
     assert result["started_under_work_dir"] == [], result["started_under_work_dir"]
     # The registry still holds exactly the index that was there.
     assert [r["digest"] for r in result["registry"]["referrers"]] == [result["preexisting_index"]]
 
 
-def test_seed_flags_against_ecr_without_ca_file_fails_cleanly(tmp_path: Path) -> None:
+def test_seed_flags_against_ecr_without_ca_file_fails_cleanly(tmp_path: Path, soci_bin: str) -> None:
     """Without --ca-file the registry's certificate is not trusted: one line, exit code 5, no traceback."""
-    result = run_driver(tmp_path, "no-ca")
+    result = run_driver(tmp_path, "no-ca", soci_bin=soci_bin)
     assert not result["timed_out"], _describe(result)
     assert result["exit_code"] == ExitCode.REGISTRY, _describe(result)
     assert not result["stderr_has_traceback"], _describe(result)

@@ -16,7 +16,7 @@ import pytest
 
 from tests.e2e.sociartifacts import push_soci_v1, push_soci_v2
 from tests.fixtures.registry import RegistryServer
-from tests.helpers import MIB, push, run_cli, seed_for
+from tests.helpers import MIB, faulty_soci, push, run_cli, seed_for
 from tests.imagefactory import (
     AMD64,
     ARM64,
@@ -43,7 +43,6 @@ from wrapper.registry.auth import CredentialStore
 from wrapper.registry.client import RegistryClient
 from wrapper.registry.reference import Reference
 
-NO_CONTAINERD = "/nonexistent/containerd"
 NO_SOCI = "/nonexistent/soci"
 
 
@@ -76,31 +75,24 @@ def referrers(client: RegistryClient, ref: Reference, subject: str) -> list[Desc
     return client.get_referrers(ref, subject, artifact_type=SOCI_INDEX_V1)
 
 
-# -- idempotency and failures, without soci ---------------------------------------------------------------
+# -- idempotency and failures ----------------------------------------------------------------------------
 def test_v1_already_indexed_is_a_noop(
-    tmp_path: Path, registry: RegistryServer, client: RegistryClient, request
+    tmp_path: Path, registry: RegistryServer, client: RegistryClient, soci_bin: str, request
 ) -> None:
     image = build_image(tmp_path, two_layers(seed_for(request)))
     ref = push(registry, client, "done/v1", image)
     index_digest = push_soci_v1(client, ref, image)
 
-    # Neither containerd nor soci may be needed: both point nowhere.
-    args = [
-        "index",
-        str(ref),
-        "--containerd-bin",
-        NO_CONTAINERD,
-        "--soci-bin",
-        NO_SOCI,
-        "--min-layer-size",
-        "1MiB",
-    ]
+    # soci and containerd are checked before any network work, but neither is run: no work directory.
+    work = tmp_path / "work"
+    args = ["index", str(ref), "--soci-bin", soci_bin, "--min-layer-size", "1MiB", "--work-dir", str(work)]
     proc = run_cli(*args, "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["status"] == "already-indexed"
     assert [i["soci_index_digest"] for i in report["indexes"]] == [index_digest]
     assert "pull" not in report["stages"] and "containerd" not in report["stages"]
+    assert not work.exists() or list(work.iterdir()) == []
 
     human = run_cli(*args, "--output-tag", "ignored-for-v1")
     assert human.returncode == 0
@@ -109,25 +101,27 @@ def test_v1_already_indexed_is_a_noop(
 
 
 def test_v2_already_indexed_is_a_noop(
-    tmp_path: Path, registry: RegistryServer, client: RegistryClient, request
+    tmp_path: Path, registry: RegistryServer, client: RegistryClient, soci_bin: str, request
 ) -> None:
     image = build_image(tmp_path, two_layers(seed_for(request)))
     ref = push(registry, client, "done/v2", image)
     _, soci_digest = push_soci_v2(client, ref, image, "app-soci")
 
     proc = run_cli(
-        "index", str(ref), "--soci-version", "v2", "--output-tag", "app-soci", "--json",
-        "--containerd-bin", NO_CONTAINERD, "--soci-bin", NO_SOCI,
+        "index", str(ref), "--soci-version", "v2", "--output-tag", "app-soci", "--json", "--soci-bin", soci_bin,
+        "--min-layer-size", "1MiB",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["status"] == "already-indexed"
     assert report["indexes"][0]["soci_index_digest"] == soci_digest
     assert report["pushed_tag"] == "app-soci"
+    assert "pull" not in report["stages"]
 
 
+@pytest.mark.soci
 def test_v2_output_tag_of_another_image_does_not_count(
-    tmp_path: Path, registry: RegistryServer, client: RegistryClient, request
+    tmp_path: Path, registry: RegistryServer, client: RegistryClient, soci_bin: str, request
 ) -> None:
     seed = seed_for(request)
     image = build_image(tmp_path, two_layers(seed))
@@ -136,54 +130,60 @@ def test_v2_output_tag_of_another_image_does_not_count(
     push(registry, client, "other/v2", other)
     push_soci_v2(client, ref, other, "app-soci")  # the tag holds a SOCI-enabled *other* image
 
-    work = tmp_path / "work"
-    proc = run_cli(
-        "index", str(ref), "--soci-version", "V2", "--output-tag", "app-soci", "--soci-bin", NO_SOCI,
-        "--work-dir", str(work),
-    )  # fmt: skip
-    assert proc.returncode == 9, proc.stderr  # it went on to index, and needed soci
-    assert "soci not found" in proc.stderr
+    report = index_cli(soci_bin, ref, "--soci-version", "V2", "--output-tag", "app-soci", work=tmp_path / "w")
+    assert report["status"] == "indexed"  # it went on to index this image, and moved the tag to it
+    out = client.get_manifest(ref, "app-soci").json()
+    rewritten = [m for m in out["manifests"] if m.get("artifactType") != SOCI_INDEX_V2]
+    layers = client.get_manifest(ref, rewritten[0]["digest"]).json()["layers"]
+    assert [x["digest"] for x in layers] == [x.digest for x in image.layers]
 
 
-def test_missing_soci_is_one_line_and_leaves_nothing(
+def test_missing_soci_fails_before_any_network_work(
     tmp_path: Path, registry: RegistryServer, client: RegistryClient, request
 ) -> None:
     image = build_image(tmp_path, two_layers(seed_for(request)))
     ref = push(registry, client, "nosoci/app", image)
     work = tmp_path / "work"
-    proc = run_cli("index", str(ref), "--soci-bin", NO_SOCI, "--work-dir", str(work))
+    with HttpProxy(registry.host) as proxy:
+        via = Reference(proxy.host, ref.repository, digest=ref.digest)
+        proc = run_cli("index", str(via), "--soci-bin", NO_SOCI, "--work-dir", str(work))
+        assert proxy.requests == []  # not one request to the registry
     assert proc.returncode == 9
     lines = proc.stderr.strip().splitlines()
-    assert lines[-1].startswith("soci-wrapper: error: soci not found")
-    assert "Traceback" not in proc.stderr
+    assert lines == [
+        f"soci-wrapper: error: soci not found at {NO_SOCI} (run scripts/bootstrap.sh, set SOCI_BIN or pass --soci-bin)"
+    ]
     assert not work.exists() or list(work.iterdir()) == []
 
 
 def test_failing_soci_stops_containerd_and_removes_the_work_dir(
-    tmp_path: Path, registry: RegistryServer, client: RegistryClient, request
+    tmp_path: Path, registry: RegistryServer, client: RegistryClient, soci_bin: str, request
 ) -> None:
-    """Whatever soci does, the run's containerd is stopped and its directory removed (here soci is /bin/false)."""
+    """Whatever soci does, the run's containerd is stopped and its directory removed (here the real soci's
+    create is made to fail)."""
     image = build_image(tmp_path, two_layers(seed_for(request)))
     ref = push(registry, client, "failing/app", image)
     work = tmp_path / "work"
+    failing = faulty_soci(tmp_path, soci_bin, create="fail")
     proc = run_cli(
-        "index", str(ref), "--soci-bin", "/bin/false", "--work-dir", str(work), "--min-layer-size", "1MiB"
+        "index", str(ref), "--soci-bin", failing, "--work-dir", str(work), "--min-layer-size", "1MiB"
     )
     assert proc.returncode == 7, proc.stderr
-    assert "soci create failed" in proc.stderr
+    assert "soci create failed (exit 1): injected failure" in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert our_containerd_processes(work) == []
     assert list(work.iterdir()) == []
 
 
 def test_keep_work_dir_keeps_containerd_log(
-    tmp_path: Path, registry: RegistryServer, client: RegistryClient, request
+    tmp_path: Path, registry: RegistryServer, client: RegistryClient, soci_bin: str, request
 ) -> None:
     image = build_image(tmp_path, two_layers(seed_for(request)))
     ref = push(registry, client, "keep/app", image)
     work = tmp_path / "work"
     proc = run_cli(
-        "index", str(ref), "--soci-bin", "/bin/false", "--work-dir", str(work), "--keep-work-dir",
-        "--min-layer-size", "1MiB",
+        "index", str(ref), "--soci-bin", faulty_soci(tmp_path, soci_bin, create="fail"), "--work-dir", str(work),
+        "--keep-work-dir", "--min-layer-size", "1MiB",
     )  # fmt: skip
     assert proc.returncode == 7
     kept = list(work.iterdir())
@@ -268,7 +268,7 @@ def index_cli(soci_bin: str, ref: Reference, *extra: str, work: Path) -> dict[st
     assert proc.returncode == 0, proc.stderr
     result: dict[str, Any] = json.loads(proc.stdout)
     assert our_containerd_processes(work) == []
-    assert list(work.iterdir()) == []
+    assert not work.exists() or list(work.iterdir()) == []  # an already-indexed image makes none
     return result
 
 
@@ -351,7 +351,8 @@ def test_all_small_layers_is_nothing_to_index(
     )
     assert proc.returncode == 8, proc.stderr
     assert "nothing to index" in proc.stderr and "--min-layer-size" in proc.stderr
-    assert our_containerd_processes(work) == [] and list(work.iterdir()) == []
+    # Known from the manifest: no containerd was started, nothing was pulled, no work directory was made.
+    assert our_containerd_processes(work) == [] and not work.exists()
 
 
 @pytest.mark.soci
