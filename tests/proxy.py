@@ -6,7 +6,9 @@ It relays requests one at a time per connection (clients such as urllib3 do not 
 * counts bytes sent from upstream to the client (``body_bytes`` / ``total_bytes``);
 * can cut the connection once after N response-body bytes for requests whose path matches a pattern
   (``cut_after``), to test resuming downloads;
-* can answer matching requests itself with a given status (``inject_status``), e.g. a 503 once.
+* can answer matching requests itself with a given status (``inject_status``), e.g. a 503 once;
+* can cut the connection in the middle of a matching request's body (``cut_request_after``), as a network
+  failure during an upload would.
 
 With ``server_ssl``/``upstream_ssl`` it terminates TLS on the client side and speaks TLS upstream, so it
 can record headers (``Authorization``) of HTTPS traffic.
@@ -49,6 +51,7 @@ class _Rule:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
     method: str | None = None
+    cut_request_after: int | None = None
 
 
 class HttpProxy:
@@ -110,6 +113,14 @@ class HttpProxy:
         """Close the connection after ``nbytes`` response-body bytes of the next matching request(s)."""
         with self._lock:
             self._rules.append(_Rule(re.compile(pattern), times, cut_after=nbytes, method=method))
+
+    def cut_request_after(
+        self, pattern: str, nbytes: int, *, times: int = 1, method: str | None = None
+    ) -> None:
+        """Read ``nbytes`` of the next matching request's body, then close the connection (nothing is
+        forwarded and no response is sent)."""
+        with self._lock:
+            self._rules.append(_Rule(re.compile(pattern), times, cut_request_after=nbytes, method=method))
 
     def inject_status(
         self,
@@ -201,6 +212,11 @@ class HttpProxy:
                 with self._lock:
                     self._requests.append(record)
                 rule = self._match(method, path)
+                if rule is not None and rule.cut_request_after is not None:
+                    _relay_body(cfile, None, headers, is_request=True, limit=rule.cut_request_after)
+                    record.cut = True
+                    _close(client)
+                    return
                 if rule is not None and rule.status is not None:
                     _relay_body(cfile, None, headers, is_request=True)
                     self._inject(client, record, rule)

@@ -268,10 +268,43 @@ def test_unreachable_registry(tmp_path):
     client = RegistryClient(
         CredentialStore(docker_config_dir=tmp_path, use_ecr=False), max_attempts=2, backoff_seconds=0.01
     )
-    ref = Reference.parse(f"127.0.0.1:{free_port()}/x/y:z")
-    with pytest.raises(RegistryError, match=r"cannot reach 127\.0\.0\.1") as info:
+    port = free_port()
+    ref = Reference.parse(f"127.0.0.1:{port}/x/y:z")
+    with pytest.raises(RegistryError) as info:
         client.get_manifest(ref)
-    assert "gave up after 2 attempts" in str(info.value)
+    assert str(info.value).startswith(
+        f"cannot connect to 127.0.0.1:{port}: connection refused (gave up after 2"
+    )
+
+
+def test_a_refusing_registry_that_never_answered_gets_a_short_budget(tmp_path):
+    """Nothing listens there: about 3 seconds of attempts (not the full budget of 20), whatever the backoff."""
+    client = RegistryClient(
+        CredentialStore(docker_config_dir=tmp_path, use_ecr=False), max_attempts=20, backoff_seconds=5
+    )
+    ref = Reference.parse(f"127.0.0.1:{free_port()}/x/y:z")
+    with pytest.raises(RegistryError) as info:
+        client.get_manifest(ref)
+    assert "connection refused (gave up after 3 attempts" in str(info.value)
+
+
+def test_a_registry_that_answered_before_keeps_its_full_budget(
+    tmp_path, registry: RegistryServer, anon_client
+):
+    """Refused after it answered once in this run (a restart, a load balancer): the normal budget applies."""
+    index = build_index(tmp_path, [LayerSpec(1024, seed=77)])
+    push_image(anon_client, Reference.parse(f"{registry.host}/test/refused:v1"), index)
+    client = RegistryClient(
+        CredentialStore(docker_config_dir=tmp_path, use_ecr=False), max_attempts=5, backoff_seconds=0.01
+    )
+    proxy = HttpProxy(registry.host).start()
+    ref = Reference.parse(f"{proxy.host}/test/refused:v1")
+    assert client.get_manifest(ref).descriptor.digest == index.digest
+    proxy.stop()
+    with pytest.raises(RegistryError) as info:
+        client.get_manifest(ref)
+    assert "connection refused (gave up after 5 attempts" in str(info.value)
+    client.close()
 
 
 def test_concurrent_use(registry: RegistryServer, anon_client, images):

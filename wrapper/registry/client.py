@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping
@@ -22,7 +23,15 @@ from typing import Any
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 import urllib3
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    stop_any,
+)
+from tenacity.stop import stop_base
 from tenacity.wait import wait_random_exponential
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from urllib3.exceptions import SSLError as Urllib3SSLError
@@ -67,12 +76,20 @@ class BlobReadError(RegistryError):
 
 
 class _Transient(Exception):
-    """A failure worth retrying: connection error, timeout, 429, 5xx."""
+    """A failure worth retrying: connection error, timeout, 429, 5xx. ``refused``: the connection itself was
+    refused (nothing listens there)."""
 
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    def __init__(self, reason: str, retry_after: float | None = None, *, refused: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        self.refused = refused
+
+
+# A registry that refuses connections and has not answered once in this run is given up on after about this
+# long: nothing listens there, and waiting longer only delays the error. 5xx and resets keep the full budget.
+REFUSED_BUDGET_SECONDS = 3.0
+_REFUSED_WAIT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -223,6 +240,7 @@ class RegistryClient:
         self._lock = threading.Lock()
         self._challenges: dict[str, _Challenge] = {}
         self._tokens: dict[tuple[str, str], _Token] = {}
+        self._answered: set[str] = set()  # registries that sent at least one HTTP response in this run
 
     def __enter__(self) -> RegistryClient:
         return self
@@ -390,15 +408,14 @@ class RegistryClient:
         if self.blob_exists(ref, descriptor.digest):
             log.debug("blob %s already in %s/%s", descriptor.digest, ref.registry, ref.repository)
             return False
+        retrying = self._retrying(ref.registry)
         try:
-            for attempt in self._retrying(ref.registry):
+            for attempt in retrying:
                 with attempt:
                     self._upload_once(ref, descriptor, source, chunk_size)
         except _Transient as exc:
-            raise RegistryError(
-                f"{ref.registry}: upload of blob {descriptor.digest} failed: {exc.reason} "
-                f"(gave up after {self._max_attempts} attempts)"
-            ) from None
+            reason = f"upload of blob {descriptor.digest} failed: {exc.reason}"
+            raise self._gave_up(retrying, ref.registry, reason) from None
         return True
 
     def put_manifest(self, ref: Reference, reference: str, body: bytes, media_type: str) -> str:
@@ -536,31 +553,52 @@ class RegistryClient:
 
     # The choke point ----------------------------------------------------------------------------------
     def _retrying(self, registry: str) -> Retrying:
+        def never_answered_and_refused(state: RetryCallState) -> bool:
+            exc = state.outcome.exception() if state.outcome else None
+            return isinstance(exc, _Transient) and exc.refused and registry not in self._answered
+
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
+            if never_answered_and_refused(state):
+                return _REFUSED_WAIT_SECONDS
             if isinstance(exc, _Transient) and exc.retry_after is not None:
                 return min(exc.retry_after, 60.0)
             return float(wait_random_exponential(multiplier=self._backoff, max=30.0)(state))
 
+        class StopRefused(stop_base):
+            def __call__(self, retry_state: RetryCallState) -> bool:
+                elapsed = retry_state.seconds_since_start or 0.0
+                budget_spent = elapsed + _REFUSED_WAIT_SECONDS >= REFUSED_BUDGET_SECONDS
+                return budget_spent and never_answered_and_refused(retry_state)
+
         def before_sleep(state: RetryCallState) -> None:
+            # One short line per retry; every request and the full error are logged with --debug.
             exc = state.outcome.exception() if state.outcome else None
             delay = state.next_action.sleep if state.next_action else 0.0
-            log.warning(
-                "%s: %s; retrying in %.1fs (attempt %d of %d)",
-                registry,
-                exc,
-                delay,
-                state.attempt_number + 1,
-                self._max_attempts,
-            )
+            log.warning("%s; retrying in %.1f s", exc, delay)
 
         return Retrying(
-            stop=stop_after_attempt(self._max_attempts) | stop_after_delay(self._max_retry_seconds),
+            stop=stop_any(
+                stop_after_attempt(self._max_attempts),
+                stop_after_delay(self._max_retry_seconds),
+                StopRefused(),
+            ),
             wait=wait,
             retry=retry_if_exception_type(_Transient),
             before_sleep=before_sleep,
             reraise=True,
         )
+
+    @staticmethod
+    def _gave_up(retrying: Retrying, registry: str, reason: str) -> RegistryError:
+        """The error after the last attempt, saying how many attempts were made over how long."""
+        message = reason if registry in reason else f"{registry}: {reason}"
+        attempts = int(retrying.statistics.get("attempt_number", 1))
+        started = retrying.statistics.get("start_time")
+        took = f" over {time.monotonic() - started:.1f} s" if isinstance(started, float) else ""
+        if attempts == 1:
+            return RegistryError(message)
+        return RegistryError(f"{message} (gave up after {attempts} attempts{took})")
 
     def _get_small(
         self, url: str, *, ref: Reference, what: str, headers: Mapping[str, str], allow: Container[int] = ()
@@ -568,8 +606,9 @@ class RegistryClient:
         """GET a small document (a manifest, a referrers list), reading its body inside the retry loop so
         that a connection lost mid-body is retried like one lost before the headers. At most 4 MiB + 1 byte
         is read (callers check the limit); a larger declared Content-Length is refused at once."""
+        retrying = self._retrying(ref.registry)
         try:
-            for attempt in self._retrying(ref.registry):
+            for attempt in retrying:
                 with attempt:
                     response = self._request(
                         "GET", url, ref=ref, what=what, headers=headers, allow=allow, retry=False
@@ -582,9 +621,7 @@ class RegistryClient:
                     finally:
                         _discard(response)
         except _Transient as exc:
-            raise RegistryError(
-                f"{ref.registry}: {exc.reason} (gave up after {self._max_attempts} attempts)"
-            ) from None
+            raise self._gave_up(retrying, ref.registry, exc.reason) from None
         raise AssertionError("unreachable: the retry loop returns or raises")
 
     def _request(
@@ -606,10 +643,11 @@ class RegistryClient:
         statuses raise NotFoundError (404), AuthError (401/403) or RegistryError.
         """
         scope = f"repository:{ref.repository}:{'pull,push' if push else 'pull'}"
+        retrying = self._retrying(ref.registry)
         try:
             if retry:
                 response: urllib3.BaseHTTPResponse | None = None
-                for attempt in self._retrying(ref.registry):
+                for attempt in retrying:
                     with attempt:
                         response = self._attempt(method, url, ref.registry, scope, headers, body)
                 assert response is not None
@@ -618,9 +656,7 @@ class RegistryClient:
         except _Transient as exc:
             if not retry:
                 raise
-            raise RegistryError(
-                f"{ref.registry}: {exc.reason} (gave up after {self._max_attempts} attempts)"
-            ) from None
+            raise self._gave_up(retrying, ref.registry, exc.reason) from None
         if 200 <= response.status < 300 or response.status in allow:
             return response
         raise self._error(response, method, ref.registry, what)
@@ -646,6 +682,7 @@ class RegistryClient:
                 send_headers["Authorization"] = authorization
             payload = body() if callable(body) else body
             response = self._send(method, url, send_headers, payload)
+            self._answered.add(registry)
             status = response.status
             log.debug("%s %s -> %d", method, _redact_url(url), status)
             if status in _REDIRECT_STATUSES and response.headers.get("Location"):
@@ -721,7 +758,11 @@ class RegistryClient:
                 hint="pass --ca-file with the CA that signed the registry's certificate",
             ) from None
         except (Urllib3HTTPError, OSError) as exc:
-            raise _Transient(f"cannot reach {netloc}: {one_line(exc)}") from None
+            log.debug("%s %s: %s", method, _redact_url(url), one_line(exc))
+            refused = _caused_by(exc, ConnectionRefusedError)
+            raise _Transient(
+                f"cannot connect to {netloc}: {_connection_problem(exc)}", refused=refused
+            ) from None
 
     # Authentication -----------------------------------------------------------------------------------
     def _authorization(self, registry: str, scope: str) -> str | None:
@@ -997,6 +1038,33 @@ def _add_query(url: str, params: Mapping[str, str]) -> str:
         return url
     query = urlencode(params, quote_via=quote, safe=":")
     return url + ("&" if "?" in url else "?") + query
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``exc`` or anything in its chain of causes is a ``kind``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__ or getattr(current, "reason", None)
+    return False
+
+
+def _connection_problem(exc: BaseException) -> str:
+    """A few words for a connection failure (the full text is logged with --debug)."""
+    for kind, words in (
+        (ConnectionRefusedError, "connection refused"),
+        (ConnectionResetError, "connection reset"),
+        (TimeoutError, "timed out"),
+        (socket.gaierror, "unknown host name"),
+    ):
+        if _caused_by(exc, kind):
+            return words
+    if "timed out" in str(exc).lower() or "timeout" in type(exc).__name__.lower():
+        return "timed out"
+    return one_line(exc)[:120]
 
 
 def _redact_url(url: str) -> str:
