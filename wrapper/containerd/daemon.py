@@ -358,6 +358,10 @@ class AttachedContainerd:
                 empty_pb2.Empty(),
                 timeout=self.start_timeout,
             )
+        except ContainerdError as exc:
+            if path not in exc.message:  # say which socket did not answer like containerd
+                exc.message = f"cannot reach containerd at {path}: {exc.message} (is it containerd's socket?)"
+            raise
         finally:
             conn.close()
 
