@@ -20,9 +20,9 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from wrapper.containerd.client import ContainerdClient
 from wrapper.containerd.daemon import MISSING_MESSAGE, AttachedContainerd, ManagedContainerd, find_containerd
@@ -30,16 +30,13 @@ from wrapper.errors import (
     AuthError,
     ContainerdError,
     MissingDependencyError,
-    NotFoundError,
     NothingToIndexError,
     SociError,
     UsageError,
 )
+from wrapper.existing import find_existing_indexes
 from wrapper.models import (
-    SOCI_INDEX_DIGEST_ANNOTATION,
-    SOCI_INDEX_V1,
     SOCI_INDEX_V2,
-    SOCI_LAYER_DIGEST_ANNOTATION,
     Descriptor,
     Platform,
 )
@@ -57,6 +54,12 @@ from wrapper.push import ImagePusher
 from wrapper.registry.auth import Credentials, CredentialStore
 from wrapper.registry.client import RegistryClient
 from wrapper.registry.reference import Reference
+from wrapper.report import (
+    IndexReport,
+    LayerEvents,
+    PlatformSkipped,
+    describe_index,
+)
 from wrapper.soci import PushAuth, Soci, SociEvent, check_soci
 
 log = logging.getLogger("wrapper.pipeline")
@@ -107,65 +110,6 @@ class IndexRequest:
             )
         if self.span_size is not None and self.span_size <= 0:
             raise UsageError("--span-size must be a positive number of bytes")
-
-
-# -- reports -----------------------------------------------------------------------------------------------
-@dataclass
-class LayerInfo:
-    digest: str
-    size: int
-
-
-@dataclass
-class LayerReport:
-    """What soci did with one layer: ``built`` a zTOC, ``reused`` one it already had, or ``skipped`` it
-    (``reason``: under --min-layer-size, or a format soci cannot index)."""
-
-    digest: str
-    size: int
-    status: str
-    ztoc: str | None = None
-    reason: str | None = None
-
-
-@dataclass
-class PlatformIndex:
-    platform: str
-    manifest_digest: str
-    soci_index_digest: str
-    ztocs: int = 0
-    layers_indexed: list[LayerInfo] = field(default_factory=list)
-    layers_skipped: list[LayerInfo] = field(default_factory=list)
-    layers: list[LayerReport] = field(default_factory=list)
-
-
-@dataclass
-class PlatformSkipped:
-    """A selected platform that gets no SOCI index, and why."""
-
-    platform: str
-    manifest_digest: str
-    reason: str
-
-
-@dataclass
-class IndexReport:
-    image: str
-    digest: str
-    soci_version: str
-    status: Literal["indexed", "already-indexed"]
-    platforms: list[str]
-    indexes: list[PlatformIndex] = field(default_factory=list)
-    not_indexed: list[PlatformSkipped] = field(default_factory=list)
-    pushed_tag: str | None = None
-    output_digest: str | None = None
-    stages: dict[str, float] = field(default_factory=dict)
-    pull: dict[str, Any] | None = None
-    push: dict[str, Any] | None = None
-    work_dir: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class Stages:
@@ -297,7 +241,7 @@ def run_index(
         image = _only_indexable(image, request.pull.min_layer_size, report, reporter)
         if not request.force:
             with stages("check", "looking for an existing SOCI index"):
-                existing = find_existing_indexes(registry, image, request)
+                existing = find_existing_indexes(registry, image, request.soci_version, request.output_tag)
             if existing is not None:
                 report.status = "already-indexed"
                 report.indexes = existing
@@ -372,31 +316,6 @@ def _only_indexable(
     return dataclasses.replace(image, selected=keep)
 
 
-class _LayerEvents:
-    """Collects what soci says about each layer of one platform, and shows it as progress."""
-
-    def __init__(self, reporter: Reporter, key: str, image: PlatformImage) -> None:
-        self.reporter = reporter
-        self.key = key
-        self.sizes = {layer.digest: layer.size for layer in image.layers}
-        self.layers: dict[str, SociEvent] = {}
-
-    def __call__(self, event: SociEvent) -> None:
-        if event.kind not in ("built", "reused", "skipped") or event.digest not in self.sizes:
-            return
-        self.layers[event.digest] = event
-        size = human_size(self.sizes[event.digest])
-        what = {"built": "zTOC built", "reused": "zTOC reused", "skipped": "skipped"}[event.kind]
-        note = f": {event.detail}" if event.kind == "skipped" else f" -> {short_digest(event.ztoc)}"
-        self.reporter.step(self.key, f"{what} for layer {short_digest(event.digest)} ({size}){note}")
-
-    def summary(self) -> str:
-        counts = {
-            k: sum(1 for e in self.layers.values() if e.kind == k) for k in ("built", "reused", "skipped")
-        }
-        return ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "no layer reported"
-
-
 def _index_v1(
     request: IndexRequest,
     pulled: PullResult,
@@ -413,7 +332,7 @@ def _index_v1(
     with stages("index", "soci create (SOCI index manifest v1)"):
         for image in pulled.selected:
             key = f"create {image.platform}"
-            events = _LayerEvents(reporter, key, image)
+            events = LayerEvents(reporter, key, image)
             reporter.steps_started(key, f"soci create {image.platform}", total=len(image.layers))
             try:
                 soci.create(
@@ -435,7 +354,7 @@ def _index_v1(
             digests = soci.index_digests(pulled.image_name, image.platform)
             if not digests:
                 raise SociError(f"soci create succeeded but recorded no index for {image.platform}")
-            report.indexes.append(_describe_index(soci.read_blob(digests[0]), digests[0], image, events))
+            report.indexes.append(describe_index(soci.read_blob(digests[0]), digests[0], image, events))
             indexed.append(image.platform)
     if not indexed:
         assert nothing is not None
@@ -472,7 +391,7 @@ def _index_v2(
     with stages("index", "soci convert (SOCI index manifest v2)"):
         key = "convert"
         by_layer = {layer.digest: image for image in pulled.selected for layer in image.layers}
-        events = {str(image.platform): _LayerEvents(reporter, key, image) for image in pulled.selected}
+        events = {str(image.platform): LayerEvents(reporter, key, image) for image in pulled.selected}
 
         def on_event(event: SociEvent) -> None:
             image = by_layer.get(event.digest)
@@ -506,9 +425,7 @@ def _index_v2(
                 reporter.warn(f"{image.platform}: {reason}; no SOCI index")
                 continue
             body = _read(client, soci_entry)
-            report.indexes.append(
-                _describe_index(body, soci_entry.digest, image, events[str(image.platform)])
-            )
+            report.indexes.append(describe_index(body, soci_entry.digest, image, events[str(image.platform)]))
     with stages("push", f"{dest}"):
         pushed = ImagePusher(client, registry, reporter=reporter).push(str(dest), dest)
     report.pushed_tag = request.output_tag
@@ -523,75 +440,6 @@ def _index_v2(
 
 def _read(client: ContainerdClient, desc: Descriptor) -> bytes:
     return b"".join(client.content.read(desc.digest))
-
-
-def _describe_index(body: bytes, digest: str, image: PlatformImage, events: _LayerEvents) -> PlatformIndex:
-    """What a SOCI index manifest (``body``) covers of ``image``, with what soci said of each layer."""
-    doc = json.loads(body)
-    ztocs = {
-        layer.get("annotations", {}).get(SOCI_LAYER_DIGEST_ANNOTATION): layer.get("digest")
-        for layer in doc.get("layers", [])
-    }
-    out = PlatformIndex(str(image.platform), image.manifest.digest, digest, ztocs=len(doc.get("layers", [])))
-    for layer in image.layers:
-        target = out.layers_indexed if layer.digest in ztocs else out.layers_skipped
-        target.append(LayerInfo(layer.digest, layer.size))
-        event = events.layers.get(layer.digest)
-        if layer.digest in ztocs:
-            status = "reused" if event is not None and event.kind == "reused" else "built"
-            out.layers.append(LayerReport(layer.digest, layer.size, status, ztoc=ztocs[layer.digest]))
-        else:
-            reason = event.detail if event is not None and event.detail else "under --min-layer-size"
-            out.layers.append(LayerReport(layer.digest, layer.size, "skipped", reason=reason))
-    return out
-
-
-# -- idempotency -------------------------------------------------------------------------------------------
-def find_existing_indexes(
-    registry: RegistryClient, image: ResolvedImage, request: IndexRequest
-) -> list[PlatformIndex] | None:
-    """The SOCI indexes the registry already holds for every selected platform, or None if any is missing.
-
-    V1: an index manifest whose subject is the platform's manifest (referrers API, or the ``sha256-<hex>``
-    tag on registries without it). V2: ``--output-tag`` names an image index holding, for each platform, a
-    manifest with the same config and layers annotated with a SOCI index that the image index also holds.
-    """
-    ref = image.reference
-    found: list[PlatformIndex] = []
-    if request.soci_version == "V1":
-        for sel in image.selected:
-            referrers = registry.get_referrers(ref, sel.manifest.digest, artifact_type=SOCI_INDEX_V1)
-            if not referrers:
-                return None
-            found.append(PlatformIndex(str(sel.platform), sel.manifest.digest, referrers[-1].digest))
-        return found
-
-    assert request.output_tag
-    try:
-        output = registry.get_manifest(ref, request.output_tag)
-    except NotFoundError:
-        return None
-    if not output.descriptor.is_index:
-        return None
-    entries = [Descriptor.from_oci(m) for m in json.loads(output.body).get("manifests", [])]
-    soci_indexes = {e.digest for e in entries if e.artifact_type == SOCI_INDEX_V2}
-    for sel in image.selected:
-        match = None
-        for entry in entries:
-            index_digest = entry.annotations.get(SOCI_INDEX_DIGEST_ANNOTATION)
-            if not entry.is_manifest or not entry.platform or not sel.platform.matches(entry.platform):
-                continue
-            if index_digest not in soci_indexes:
-                continue
-            doc = registry.get_manifest(ref, entry.digest).json()
-            same_layers = [x["digest"] for x in doc.get("layers", [])] == [x.digest for x in sel.layers]
-            if doc.get("config", {}).get("digest") == sel.config.digest and same_layers:
-                match = PlatformIndex(str(sel.platform), entry.digest, str(index_digest))
-                break
-        if match is None:
-            return None
-        found.append(match)
-    return found
 
 
 # Re-exported for the CLI.

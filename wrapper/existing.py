@@ -1,0 +1,58 @@
+"""Idempotency: whether the registry already holds a SOCI index for every platform a run would index."""
+
+from __future__ import annotations
+
+import json
+
+from wrapper.errors import NotFoundError
+from wrapper.models import SOCI_INDEX_DIGEST_ANNOTATION, SOCI_INDEX_V1, SOCI_INDEX_V2, Descriptor
+from wrapper.pull import ResolvedImage
+from wrapper.registry.client import RegistryClient
+from wrapper.report import PlatformIndex
+
+
+def find_existing_indexes(
+    registry: RegistryClient, image: ResolvedImage, soci_version: str, output_tag: str | None
+) -> list[PlatformIndex] | None:
+    """The SOCI indexes the registry already holds for every selected platform, or None if any is missing.
+
+    V1: an index manifest whose subject is the platform's manifest (referrers API, or the ``sha256-<hex>``
+    tag on registries without it). V2: ``--output-tag`` names an image index holding, for each platform, a
+    manifest with the same config and layers annotated with a SOCI index that the image index also holds.
+    """
+    ref = image.reference
+    found: list[PlatformIndex] = []
+    if soci_version == "V1":
+        for sel in image.selected:
+            referrers = registry.get_referrers(ref, sel.manifest.digest, artifact_type=SOCI_INDEX_V1)
+            if not referrers:
+                return None
+            found.append(PlatformIndex(str(sel.platform), sel.manifest.digest, referrers[-1].digest))
+        return found
+
+    assert output_tag
+    try:
+        output = registry.get_manifest(ref, output_tag)
+    except NotFoundError:
+        return None
+    if not output.descriptor.is_index:
+        return None
+    entries = [Descriptor.from_oci(m) for m in json.loads(output.body).get("manifests", [])]
+    soci_indexes = {e.digest for e in entries if e.artifact_type == SOCI_INDEX_V2}
+    for sel in image.selected:
+        match = None
+        for entry in entries:
+            index_digest = entry.annotations.get(SOCI_INDEX_DIGEST_ANNOTATION)
+            if not entry.is_manifest or not entry.platform or not sel.platform.matches(entry.platform):
+                continue
+            if index_digest not in soci_indexes:
+                continue
+            doc = registry.get_manifest(ref, entry.digest).json()
+            same_layers = [x["digest"] for x in doc.get("layers", [])] == [x.digest for x in sel.layers]
+            if doc.get("config", {}).get("digest") == sel.config.digest and same_layers:
+                match = PlatformIndex(str(sel.platform), entry.digest, str(index_digest))
+                break
+        if match is None:
+            return None
+        found.append(match)
+    return found

@@ -1,0 +1,117 @@
+"""What a run reports: per platform, the SOCI index and what soci did with each layer (``--json`` carries
+these dataclasses as they are), and the collector that turns soci's events into that report and progress."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from wrapper.models import SOCI_LAYER_DIGEST_ANNOTATION
+from wrapper.progress import Reporter, human_size, short_digest
+from wrapper.pull import PlatformImage
+from wrapper.soci import SociEvent
+
+
+@dataclass
+class LayerInfo:
+    digest: str
+    size: int
+
+
+@dataclass
+class LayerReport:
+    """What soci did with one layer: ``built`` a zTOC, ``reused`` one it already had, or ``skipped`` it
+    (``reason``: under --min-layer-size, or a format soci cannot index)."""
+
+    digest: str
+    size: int
+    status: str
+    ztoc: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class PlatformIndex:
+    platform: str
+    manifest_digest: str
+    soci_index_digest: str
+    ztocs: int = 0
+    layers_indexed: list[LayerInfo] = field(default_factory=list)
+    layers_skipped: list[LayerInfo] = field(default_factory=list)
+    layers: list[LayerReport] = field(default_factory=list)
+
+
+@dataclass
+class PlatformSkipped:
+    """A selected platform that gets no SOCI index, and why."""
+
+    platform: str
+    manifest_digest: str
+    reason: str
+
+
+@dataclass
+class IndexReport:
+    image: str
+    digest: str
+    soci_version: str
+    status: Literal["indexed", "already-indexed"]
+    platforms: list[str]
+    indexes: list[PlatformIndex] = field(default_factory=list)
+    not_indexed: list[PlatformSkipped] = field(default_factory=list)
+    pushed_tag: str | None = None
+    output_digest: str | None = None
+    stages: dict[str, float] = field(default_factory=dict)
+    pull: dict[str, Any] | None = None
+    push: dict[str, Any] | None = None
+    work_dir: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class LayerEvents:
+    """Collects what soci says about each layer of one platform, and shows it as progress."""
+
+    def __init__(self, reporter: Reporter, key: str, image: PlatformImage) -> None:
+        self.reporter = reporter
+        self.key = key
+        self.sizes = {layer.digest: layer.size for layer in image.layers}
+        self.layers: dict[str, SociEvent] = {}
+
+    def __call__(self, event: SociEvent) -> None:
+        if event.kind not in ("built", "reused", "skipped") or event.digest not in self.sizes:
+            return
+        self.layers[event.digest] = event
+        size = human_size(self.sizes[event.digest])
+        what = {"built": "zTOC built", "reused": "zTOC reused", "skipped": "skipped"}[event.kind]
+        note = f": {event.detail}" if event.kind == "skipped" else f" -> {short_digest(event.ztoc)}"
+        self.reporter.step(self.key, f"{what} for layer {short_digest(event.digest)} ({size}){note}")
+
+    def summary(self) -> str:
+        counts = {
+            k: sum(1 for e in self.layers.values() if e.kind == k) for k in ("built", "reused", "skipped")
+        }
+        return ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "no layer reported"
+
+
+def describe_index(body: bytes, digest: str, image: PlatformImage, events: LayerEvents) -> PlatformIndex:
+    """What a SOCI index manifest (``body``) covers of ``image``, with what soci said of each layer."""
+    doc = json.loads(body)
+    ztocs = {
+        layer.get("annotations", {}).get(SOCI_LAYER_DIGEST_ANNOTATION): layer.get("digest")
+        for layer in doc.get("layers", [])
+    }
+    out = PlatformIndex(str(image.platform), image.manifest.digest, digest, ztocs=len(doc.get("layers", [])))
+    for layer in image.layers:
+        target = out.layers_indexed if layer.digest in ztocs else out.layers_skipped
+        target.append(LayerInfo(layer.digest, layer.size))
+        event = events.layers.get(layer.digest)
+        if layer.digest in ztocs:
+            status = "reused" if event is not None and event.kind == "reused" else "built"
+            out.layers.append(LayerReport(layer.digest, layer.size, status, ztoc=ztocs[layer.digest]))
+        else:
+            reason = event.detail if event is not None and event.detail else "under --min-layer-size"
+            out.layers.append(LayerReport(layer.digest, layer.size, "skipped", reason=reason))
+    return out
