@@ -48,6 +48,8 @@ class PullOptions:
     min_layer_size: int = DEFAULT_MIN_LAYER_SIZE
     full: bool = False
     max_concurrent_downloads: int = 4
+    # Layers not to download although large enough (their zTOCs come from elsewhere: reuse).
+    skip_layers: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.platforms and self.all_platforms:
@@ -250,7 +252,8 @@ class Puller:
                 if layer.digest in seen:
                     continue
                 seen.add(layer.digest)
-                if self.options.full or layer.size >= self.options.min_layer_size:
+                wanted = self.options.full or layer.size >= self.options.min_layer_size
+                if wanted and layer.digest not in self.options.skip_layers:
                     tasks.append((layer, "layer", str(plat_image.platform)))
                 else:
                     self._record(
