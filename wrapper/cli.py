@@ -52,6 +52,7 @@ environment (flags win over these):
   SOCI_WRAPPER_SOCI_VERSION --soci-version  SOCI_WRAPPER_OUTPUT_TAG  --output-tag
   SOCI_WRAPPER_PLATFORMS    --platform (comma-separated), or 'all' for --all-platforms
   SOCI_BIN                  the soci binary (like --soci-bin)
+  SOCI_WRAPPER_CACHE_DIR    --cache-dir (CodeBuild: list it under cache: paths: to keep it between builds)
   DOCKER_CONFIG             directory of the docker config.json used for registry credentials
   NO_COLOR                  plain output without colour
 """
@@ -209,6 +210,23 @@ def build_parser() -> _Parser:
     g.add_argument("--span-size", type=parse_size, help="zTOC span size (soci's default: 4MiB)")
     g.add_argument("--force", action="store_true", help="rebuild and push even when an index already exists")
     g.add_argument("--soci-bin", help="soci binary (default: $SOCI_BIN, .deps/bin/soci, then PATH)")
+    g = p.add_argument_group("zTOC reuse (index only what is new)")
+    g.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="keep zTOCs here between runs, and reuse them (default: $SOCI_WRAPPER_CACHE_DIR; none)",
+    )
+    g.add_argument(
+        "--cache-max-size", type=parse_size, default=None, help="trim the cache to this size (default: 2GiB)"
+    )
+    g.add_argument(
+        "--reuse-from",
+        action="append",
+        default=[],
+        metavar="IMAGE_REF",
+        help="reuse the zTOCs of this image's SOCI index (e.g. the previous build); repeatable",
+    )
+    g.add_argument("--no-reuse", action="store_true", help="build every zTOC from its layer")
     g.add_argument("--soci-timeout", type=float, default=3600.0, help="seconds each soci call may take")
 
     p = sub.add_parser(
@@ -307,6 +325,30 @@ def _registry_options(args: argparse.Namespace, stdin: Callable[[], str]) -> Any
     )
 
 
+def _reuse_options(args: argparse.Namespace, reference: Any) -> Any:
+    from wrapper.registry.reference import Reference
+    from wrapper.reuse import DEFAULT_CACHE_MAX_BYTES, ReuseOptions
+
+    cache_dir = args.cache_dir or (Path(env) if (env := _env("SOCI_WRAPPER_CACHE_DIR")) else None)
+    reuse_from = []
+    for text in args.reuse_from:
+        ref = Reference.parse(text)
+        if ref.registry != reference.registry:
+            raise UsageError(
+                f"--reuse-from {text} is on {ref.registry}, the image on {reference.registry}",
+                hint="name an image of the same registry",
+            )
+        reuse_from.append(ref)
+    if args.no_reuse and (args.reuse_from or args.cache_dir):
+        raise UsageError("--no-reuse excludes --reuse-from and --cache-dir", hint="pick one")
+    return ReuseOptions(
+        enabled=not args.no_reuse,
+        cache_dir=cache_dir,
+        cache_max_bytes=args.cache_max_size or DEFAULT_CACHE_MAX_BYTES,
+        reuse_from=tuple(reuse_from),
+    )
+
+
 def _daemon_options(args: argparse.Namespace) -> Any:
     from wrapper.pipeline import DaemonOptions
 
@@ -331,8 +373,9 @@ def cmd_index(args: argparse.Namespace, out: Console, err: Console, stdin: Calla
     if soci_version == "V1" and output_tag:
         reporter.warn("--output-tag is ignored for SOCI index manifest v1")
         output_tag = None
+    reference = _resolve_index_reference(args)
     request = IndexRequest(
-        reference=_resolve_index_reference(args),
+        reference=reference,
         soci_version=soci_version,  # type: ignore[arg-type]
         output_tag=output_tag,
         pull=_pull_options(args),
@@ -341,6 +384,7 @@ def cmd_index(args: argparse.Namespace, out: Console, err: Console, stdin: Calla
         soci_bin=args.soci_bin,
         soci_timeout=args.soci_timeout,
         debug=args.debug,
+        reuse=_reuse_options(args, reference),
     )
     registry_options = _registry_options(args, stdin)
     try:

@@ -30,6 +30,7 @@ SOCI_ZTOC = "application/octet-stream"
 SOCI_LAYER_DIGEST_ANNOTATION = "com.amazon.soci.image-layer-digest"
 SOCI_LAYER_MEDIATYPE_ANNOTATION = "com.amazon.soci.image-layer-mediaType"
 SOCI_INDEX_DIGEST_ANNOTATION = "com.amazon.soci.index-digest"
+SOCI_SPAN_SIZE_ANNOTATION = "com.amazon.soci.span-size"
 
 MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 INDEX_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST)

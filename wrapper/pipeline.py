@@ -60,6 +60,15 @@ from wrapper.report import (
     PlatformSkipped,
     describe_index,
 )
+from wrapper.reuse import (
+    DEFAULT_SPAN_SIZE,
+    Reusable,
+    ReuseOptions,
+    find_reusable,
+    remember,
+    stage_for_soci,
+    ztocs_of_index,
+)
 from wrapper.soci import PushAuth, Soci, SociEvent, check_soci
 
 log = logging.getLogger("wrapper.pipeline")
@@ -102,6 +111,7 @@ class IndexRequest:
     soci_bin: str | None = None
     soci_timeout: float = 3600.0
     debug: bool = False
+    reuse: ReuseOptions = field(default_factory=ReuseOptions)
 
     def __post_init__(self) -> None:
         if self.soci_version == "V2" and not self.output_tag:
@@ -256,8 +266,25 @@ def run_index(
                 report.work_dir = str(run_dir)
             with stages("containerd"):
                 client = daemon.enter_context(containerd_session(daemon_options, run_dir))
+            reusable: dict[str, Reusable] = {}
+            if push_auth is not None and request.reuse.enabled:
+                with stages("reuse", "looking for zTOCs made before"):
+                    large = {
+                        layer.digest: layer
+                        for sel in image.selected
+                        for layer in sel.layers
+                        if layer.size >= request.pull.min_layer_size
+                    }
+                    span = request.span_size or DEFAULT_SPAN_SIZE
+                    reusable = find_reusable(registry, large, span, request.reuse, run_dir / "reuse")
+                if reusable:
+                    reporter.info(
+                        f"    {len(reusable)} of {len(large)} zTOCs found; their layers are not pulled"
+                    )
+            # Layers whose zTOCs are reused are not pulled: soci never reads them.
+            pull_options = dataclasses.replace(request.pull, skip_layers=frozenset(reusable))
             with stages("pull", announce=False):  # the puller announces itself, with what it fetches
-                pulled = Puller(registry, client, request.pull, reporter).run(image)
+                pulled = Puller(registry, client, pull_options, reporter).run(image)
             report.pull = pulled.summary()
             soci = Soci(
                 binary=soci_bin,
@@ -271,7 +298,7 @@ def run_index(
                 content_store="soci" if push_auth is not None else "containerd",
             )
             if push_auth is not None:
-                _index_v1(request, pulled, soci, push_auth, report, stages)
+                _index_v1(request, pulled, soci, push_auth, report, stages, reusable)
             else:
                 _index_v2(request, pulled, soci, client, registry, report, stages, reporter)
     return report
@@ -323,7 +350,16 @@ def _index_v1(
     push_auth: PushAuth,
     report: IndexReport,
     stages: Stages,
+    reusable: dict[str, Reusable],
 ) -> None:
+    # zTOCs found elsewhere go into soci's store with an index that carries them; rebuild-db records them.
+    for image in pulled.selected:
+        stage_for_soci(
+            soci.root, image.manifest, [reusable[x.digest] for x in image.layers if x.digest in reusable]
+        )
+    if reusable:
+        soci.rebuild_db()
+    sources = {digest: item.source for digest, item in reusable.items()}
     # One `soci create` per platform: soci stops at the first platform with nothing to index (a layer format
     # it cannot read, say), which should not keep the other platforms from getting their index.
     reporter = stages.reporter
@@ -354,7 +390,9 @@ def _index_v1(
             digests = soci.index_digests(pulled.image_name, image.platform)
             if not digests:
                 raise SociError(f"soci create succeeded but recorded no index for {image.platform}")
-            report.indexes.append(describe_index(soci.read_blob(digests[0]), digests[0], image, events))
+            report.indexes.append(
+                describe_index(soci.read_blob(digests[0]), digests[0], image, events, sources)
+            )
             indexed.append(image.platform)
     if not indexed:
         assert nothing is not None
@@ -373,6 +411,15 @@ def _index_v1(
         outcome = soci.push(pulled.image_name, push_auth, platforms=indexed, on_event=on_push)
         reporter.steps_finished(key, f"{outcome.attempts} attempt{'s' if outcome.attempts > 1 else ''}")
     report.push = {"tool": "soci push", "attempts": outcome.attempts, "seconds": outcome.seconds}
+    blobs = soci.root / "content" / "blobs" / "sha256"
+    remember(
+        request.reuse,
+        [
+            (ztoc, blobs / ztoc.digest.removeprefix("sha256:"))
+            for idx in report.indexes
+            for ztoc in ztocs_of_index(json.loads(soci.read_blob(idx.soci_index_digest)))
+        ],
+    )
 
 
 def _index_v2(

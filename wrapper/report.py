@@ -29,6 +29,7 @@ class LayerReport:
     status: str
     ztoc: str | None = None
     reason: str | None = None
+    source: str | None = None  # reused: "cache", or "registry IMAGE_REF"
 
 
 @dataclass
@@ -96,7 +97,13 @@ class LayerEvents:
         return ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "no layer reported"
 
 
-def describe_index(body: bytes, digest: str, image: PlatformImage, events: LayerEvents) -> PlatformIndex:
+def describe_index(
+    body: bytes,
+    digest: str,
+    image: PlatformImage,
+    events: LayerEvents,
+    sources: dict[str, str] | None = None,
+) -> PlatformIndex:
     """What a SOCI index manifest (``body``) covers of ``image``, with what soci said of each layer."""
     doc = json.loads(body)
     ztocs = {
@@ -110,7 +117,10 @@ def describe_index(body: bytes, digest: str, image: PlatformImage, events: Layer
         event = events.layers.get(layer.digest)
         if layer.digest in ztocs:
             status = "reused" if event is not None and event.kind == "reused" else "built"
-            out.layers.append(LayerReport(layer.digest, layer.size, status, ztoc=ztocs[layer.digest]))
+            source = (sources or {}).get(layer.digest) if status == "reused" else None
+            out.layers.append(
+                LayerReport(layer.digest, layer.size, status, ztoc=ztocs[layer.digest], source=source)
+            )
         else:
             reason = event.detail if event is not None and event.detail else "under --min-layer-size"
             out.layers.append(LayerReport(layer.digest, layer.size, "skipped", reason=reason))

@@ -243,6 +243,11 @@ class Soci:
             args.append("--force")
         self._run([*args, ref], what="soci create", min_layer_size=min_layer_size, on_event=on_event)
 
+    def rebuild_db(self) -> None:
+        """``soci rebuild-db``: record in soci's artifacts database the v1 indexes (and their zTOCs) found in
+        its content store; the way zTOCs from elsewhere are handed to ``soci create`` (see wrapper.reuse)."""
+        self._run(["rebuild-db"], what="soci rebuild-db")
+
     def index_digests(self, ref: str, platform: Platform) -> list[str]:
         """Digests of the SOCI indexes soci recorded for ``ref``'s manifest of ``platform``, newest first."""
         out = self._run(
