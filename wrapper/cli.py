@@ -394,6 +394,9 @@ def cmd_index(args: argparse.Namespace, out: Console, err: Console, stdin: Calla
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
         return ExitCode.OK
+    if report.status == "not-an-image":
+        err.print(f"{report.image} is not an image to index ({report.reason}); nothing to do")
+        return ExitCode.OK
     if report.status == "already-indexed":
         err.print(
             f"already indexed: {report.image} ({report.digest}); nothing to do (use --force to rebuild)"

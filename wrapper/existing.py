@@ -1,4 +1,6 @@
-"""Idempotency: whether the registry already holds a SOCI index for every platform a run would index."""
+"""Idempotency: whether the registry already holds a SOCI index for every platform a run would index, and
+whether the reference names one of soci-wrapper's own outputs (a SOCI index, a SOCI-enabled image), which an
+event-driven deployment must not index again."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import json
 from wrapper.errors import NotFoundError
 from wrapper.models import SOCI_INDEX_DIGEST_ANNOTATION, SOCI_INDEX_V1, SOCI_INDEX_V2, Descriptor
 from wrapper.pull import ResolvedImage
-from wrapper.registry.client import RegistryClient
+from wrapper.registry.client import Manifest, RegistryClient
 from wrapper.report import PlatformIndex
 
 
@@ -56,3 +58,26 @@ def find_existing_indexes(
             return None
         found.append(match)
     return found
+
+
+def soci_artifact(top: Manifest) -> str | None:
+    """What ``top`` is when it is no image to index: ``a SOCI index`` (v1 or v2, by its artifact or config
+    media type) or ``a SOCI-enabled image`` (an image index holding v2 SOCI indexes, or a manifest annotated
+    with its SOCI index). None for an ordinary image."""
+    try:
+        doc = top.json()
+    except (ValueError, NotFoundError):
+        return None
+    soci_types = (SOCI_INDEX_V1, SOCI_INDEX_V2)
+    if top.descriptor.is_manifest:
+        config_type = (doc.get("config") or {}).get("mediaType")
+        if doc.get("artifactType") in soci_types or config_type in soci_types:
+            return "a SOCI index"
+        if SOCI_INDEX_DIGEST_ANNOTATION in (doc.get("annotations") or {}):
+            return "a SOCI-enabled image"
+    entries = doc.get("manifests", []) if top.descriptor.is_index else []
+    if any(m.get("artifactType") == SOCI_INDEX_V2 for m in entries):
+        return "a SOCI-enabled image"
+    if entries and all(m.get("artifactType") in soci_types for m in entries):
+        return "a list of SOCI indexes (a referrers tag)"
+    return None

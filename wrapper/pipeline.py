@@ -34,7 +34,7 @@ from wrapper.errors import (
     SociError,
     UsageError,
 )
-from wrapper.existing import find_existing_indexes
+from wrapper.existing import find_existing_indexes, soci_artifact
 from wrapper.models import (
     SOCI_INDEX_V2,
     Descriptor,
@@ -238,6 +238,9 @@ def run_index(
         with stages("authenticate", ref.registry):
             registry.credentials.get(ref.registry)  # an ECR token is fetched here: fail early and clearly
         with stages("resolve", str(ref)):
+            top = registry.get_manifest(ref)
+            if (kind := soci_artifact(top)) is not None:  # e.g. the push event of this tool's own output
+                return _not_an_image(request, top.descriptor.digest, kind, stages)
             image = resolve_image(registry, ref, request.pull)
         report = IndexReport(
             image=str(request.reference),
@@ -302,6 +305,19 @@ def run_index(
             else:
                 _index_v2(request, pulled, soci, client, registry, report, stages, reporter)
     return report
+
+
+def _not_an_image(request: IndexRequest, digest: str, kind: str, stages: Stages) -> IndexReport:
+    stages.reporter.info(f"{request.reference} is {kind}, not an image to index: nothing to do")
+    return IndexReport(
+        image=str(request.reference),
+        digest=digest,
+        soci_version=request.soci_version,
+        status="not-an-image",
+        platforms=[],
+        stages=stages.seconds,
+        reason=f"it is {kind}",
+    )
 
 
 def _push_auth(registry: RegistryClient, ref: Reference) -> PushAuth:

@@ -57,7 +57,9 @@ class IndexReport:
     image: str
     digest: str
     soci_version: str
-    status: Literal["indexed", "already-indexed"]
+    # indexed; already-indexed (the registry has it); not-an-image (the reference names a SOCI index or a
+    # SOCI-enabled image: nothing to do, as for a push event of soci-wrapper's own output)
+    status: Literal["indexed", "already-indexed", "not-an-image"]
     platforms: list[str]
     indexes: list[PlatformIndex] = field(default_factory=list)
     not_indexed: list[PlatformSkipped] = field(default_factory=list)
@@ -66,6 +68,7 @@ class IndexReport:
     stages: dict[str, float] = field(default_factory=dict)
     pull: dict[str, Any] | None = None
     push: dict[str, Any] | None = None
+    reason: str | None = None  # why nothing was done (not-an-image)
     work_dir: str | None = None
 
     def to_json(self) -> dict[str, Any]:

@@ -294,6 +294,16 @@ def test_v1_end_to_end(
     forced = index_cli(soci_bin, ref, "--force", work=tmp_path / "work")
     assert forced["status"] == "indexed"
 
+    # The tool's own pushes (as an ECR push event would name them) are not images to index again.
+    fallback_tag = "sha256-" + image.digest.removeprefix("sha256:")
+    for own in (
+        Reference(ref.registry, ref.repository, digest=found[0].digest),
+        Reference(ref.registry, ref.repository, tag=fallback_tag),
+    ):
+        skipped = index_cli(soci_bin, own, "--force", work=tmp_path / "work")
+        assert skipped["status"] == "not-an-image" and skipped["indexes"] == [], skipped
+    assert len(referrers(client, ref, image.digest)) == 1
+
 
 @pytest.mark.soci
 def test_v1_all_platforms(
@@ -337,6 +347,12 @@ def test_v2_end_to_end(
         soci_bin, via := ref, "--soci-version", "V2", "--output-tag", "app-soci", work=tmp_path / "w2"
     )
     assert again["status"] == "already-indexed", via
+    output = Reference(ref.registry, ref.repository, tag="app-soci")
+    for version in ("V1", "V2"):
+        skipped = index_cli(
+            soci_bin, output, "--soci-version", version, "--output-tag", "x", work=tmp_path / "w3"
+        )
+        assert skipped["status"] == "not-an-image" and skipped["reason"] == "it is a SOCI-enabled image"
 
 
 @pytest.mark.soci
