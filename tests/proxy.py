@@ -8,7 +8,19 @@ It relays requests one at a time per connection (clients such as urllib3 do not 
   (``cut_after``), to test resuming downloads;
 * can answer matching requests itself with a given status (``inject_status``), e.g. a 503 once;
 * can cut the connection in the middle of a matching request's body (``cut_request_after``), as a network
-  failure during an upload would.
+  failure during an upload would;
+* can slow the response bodies of every matching request down to a number of bytes per second
+  (``throttle``), so that a transfer is reliably still running when a test acts on it;
+* can reset the connection (TCP RST) instead of closing it after N response-body bytes
+  (``cut_after(..., reset=True)``), as a dropped connection would;
+* can hold a matching response back for some seconds, before its head or after N body bytes (``delay``), as
+  a registry slower than the client's read timeout would;
+* can flip one byte of a matching response's or request's body (``corrupt``), so that a blob no longer
+  matches its digest;
+* can demand a valid Bearer token on every request (``require_bearer``), answering 401 with a
+  ``WWW-Authenticate`` challenge otherwise, as a registry with a token server does.
+
+Every request is recorded with the time it arrived (``RecordedRequest.at``, ``time.monotonic()``).
 
 With ``server_ssl``/``upstream_ssl`` it terminates TLS on the client side and speaks TLS upstream, so it
 can record headers (``Authorization``) of HTTPS traffic.
@@ -20,7 +32,9 @@ import contextlib
 import re
 import socket
 import ssl
+import struct
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -37,6 +51,10 @@ class RecordedRequest:
     body_bytes: int = 0  # response body bytes relayed to the client
     cut: bool = False
     injected: bool = False
+    throttled: bool = False  # its response body was relayed at a ``throttle`` rate
+    at: float = field(default_factory=time.monotonic)  # when its head arrived (time.monotonic())
+    delayed: bool = False  # held back by a ``delay`` rule
+    corrupted: bool = False  # one byte of its request or response body was flipped by a ``corrupt`` rule
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
@@ -52,6 +70,41 @@ class _Rule:
     body: bytes = b""
     method: str | None = None
     cut_request_after: int | None = None
+    reset: bool = False  # cut with a TCP RST rather than a clean close
+    delay: float | None = None  # hold the response back this many seconds ...
+    delay_after: int | None = None  # ... after this many body bytes (None: before its head)
+    corrupt_at: int | None = None  # flip the byte at this body offset ...
+    corrupt_request: bool = False  # ... of the request's body rather than the response's
+
+
+@dataclass(frozen=True)
+class _Bearer:
+    realm: str
+    service: str
+    accept: Callable[[str], bool]
+
+
+@dataclass(frozen=True)
+class _Throttle:
+    pattern: re.Pattern[str]
+    bytes_per_second: float
+    method: str | None = None
+
+
+class _Pacer:
+    """Holds one body relay to ``rate`` bytes per second from its start, in steps of about 1/20 s."""
+
+    def __init__(self, rate: float, stopping: threading.Event) -> None:
+        self.rate = rate
+        self.step = max(1, min(_BUF, int(rate / 20)))
+        self._stopping = stopping
+        self._start = time.monotonic()
+
+    def wait_for(self, total: int) -> None:
+        """Wait until ``total`` body bytes may have been sent; a proxy that stops ends the relay."""
+        delay = self._start + total / self.rate - time.monotonic()
+        if self._stopping.wait(max(0.0, delay)):
+            raise ConnectionAbortedError("the proxy is stopping")
 
 
 class HttpProxy:
@@ -71,6 +124,8 @@ class HttpProxy:
         self._upstream_sni = upstream_server_hostname or host
         self._lock = threading.Lock()
         self._rules: list[_Rule] = []
+        self._throttles: list[_Throttle] = []
+        self._bearer: _Bearer | None = None
         self._requests: list[RecordedRequest] = []
         self.body_bytes = 0
         self.total_bytes = 0
@@ -109,10 +164,56 @@ class HttpProxy:
         for thread in list(self._threads):
             thread.join(timeout=5)
 
-    def cut_after(self, pattern: str, nbytes: int, *, times: int = 1, method: str | None = None) -> None:
-        """Close the connection after ``nbytes`` response-body bytes of the next matching request(s)."""
+    def cut_after(
+        self, pattern: str, nbytes: int, *, times: int = 1, method: str | None = None, reset: bool = False
+    ) -> None:
+        """Close the connection after ``nbytes`` response-body bytes of the next matching request(s): the
+        client gets a body shorter than its Content-Length. ``reset``: end it with a TCP RST instead."""
         with self._lock:
-            self._rules.append(_Rule(re.compile(pattern), times, cut_after=nbytes, method=method))
+            self._rules.append(
+                _Rule(re.compile(pattern), times, cut_after=nbytes, method=method, reset=reset)
+            )
+
+    def delay(
+        self,
+        pattern: str,
+        seconds: float,
+        *,
+        times: int = 1,
+        method: str | None = None,
+        after_bytes: int | None = None,
+    ) -> None:
+        """Hold the response to the next matching request(s) back for ``seconds``: before its head (the
+        request has reached the upstream), or, with ``after_bytes``, after that many body bytes. The relay
+        then goes on (into a connection the client may have given up on)."""
+        with self._lock:
+            self._rules.append(
+                _Rule(re.compile(pattern), times, delay=seconds, delay_after=after_bytes, method=method)
+            )
+
+    def corrupt(
+        self,
+        pattern: str,
+        *,
+        at: int = 0,
+        times: int = 1,
+        method: str | None = None,
+        request: bool = False,
+    ) -> None:
+        """Flip the bits of the byte at offset ``at`` of the next matching response's body (``request``:
+        of the request's body, before it reaches the upstream). Bodies with a Content-Length only."""
+        with self._lock:
+            self._rules.append(
+                _Rule(re.compile(pattern), times, corrupt_at=at, corrupt_request=request, method=method)
+            )
+
+    def require_bearer(self, realm: str, service: str, accept: Callable[[str], bool]) -> None:
+        """From now on, relay only requests whose ``Authorization: Bearer TOKEN`` has a TOKEN that
+        ``accept(TOKEN)`` accepts (called once per request); answer the others 401 with the challenge
+        ``Bearer realm=...,service=...,scope=repository:NAME:pull`` (``pull,push`` for other methods than
+        GET and HEAD), as distribution does with token authentication."""
+        with self._lock:
+            self._bearer = _Bearer(realm, service, accept)
 
     def cut_request_after(
         self, pattern: str, nbytes: int, *, times: int = 1, method: str | None = None
@@ -144,6 +245,23 @@ class HttpProxy:
                     method=method,
                 )
             )
+
+    def throttle(self, pattern: str, bytes_per_second: float, *, method: str | None = None) -> None:
+        """Relay the response body of every matching request at ``bytes_per_second`` at most, each request
+        on its own (the slowest matching throttle wins), until the proxy stops. Other rules still apply."""
+        if bytes_per_second <= 0:
+            raise ValueError("bytes_per_second must be positive")
+        with self._lock:
+            self._throttles.append(_Throttle(re.compile(pattern), float(bytes_per_second), method))
+
+    def _rate(self, method: str, path: str) -> float | None:
+        with self._lock:
+            rates = [
+                t.bytes_per_second
+                for t in self._throttles
+                if t.pattern.search(path) and t.method in (None, method)
+            ]
+        return min(rates) if rates else None
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -192,6 +310,28 @@ class HttpProxy:
                     return rule
         return None
 
+    def _refuse_unauthorized(self, record: RecordedRequest) -> _Rule | None:
+        """The 401 to answer ``record`` with, when ``require_bearer`` is on and it has no valid token."""
+        with self._lock:
+            bearer = self._bearer
+        if bearer is None:
+            return None
+        scheme, _, token = (record.header("authorization") or "").partition(" ")
+        if scheme.lower() == "bearer" and token and bearer.accept(token.strip()):
+            return None
+        actions = "pull" if record.method in ("GET", "HEAD") else "pull,push"
+        match = re.match(r"^/v2/(.+)/(?:manifests|blobs|tags|referrers)/", record.path)
+        scope = f',scope="repository:{match.group(1)}:{actions}"' if match else ""
+        challenge = f'Bearer realm="{bearer.realm}",service="{bearer.service}"{scope}'
+        body = b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}'
+        return _Rule(
+            re.compile(""),
+            1,
+            status=401,
+            headers={"WWW-Authenticate": challenge, "Content-Type": "application/json"},
+            body=body,
+        )
+
     def _serve(self, client: socket.socket) -> None:
         self._track(client)
         upstream: socket.socket | None = None
@@ -211,7 +351,8 @@ class HttpProxy:
                 record = RecordedRequest(method, path, {k.lower(): v for k, v in headers})
                 with self._lock:
                     self._requests.append(record)
-                rule = self._match(method, path)
+                refusal = self._refuse_unauthorized(record)
+                rule = refusal or self._match(method, path)
                 if rule is not None and rule.cut_request_after is not None:
                     _relay_body(cfile, None, headers, is_request=True, limit=rule.cut_request_after)
                     record.cut = True
@@ -226,7 +367,19 @@ class HttpProxy:
                     ufile = upstream.makefile("rb")
                 assert ufile is not None
                 upstream.sendall(_head_bytes(request_line, header_lines))
-                _relay_body(cfile, upstream, headers, is_request=True)
+                corrupt_request = rule is not None and rule.corrupt_request
+                _relay_body(
+                    cfile,
+                    upstream,
+                    headers,
+                    is_request=True,
+                    corrupt_at=rule.corrupt_at if rule is not None and corrupt_request else None,
+                )
+                record.corrupted = corrupt_request
+                if rule is not None and rule.delay is not None and rule.delay_after is None:
+                    record.delayed = True
+                    if self._stopping.wait(rule.delay):
+                        return
                 response_head = _read_head(ufile)
                 if response_head is None:
                     return
@@ -241,6 +394,16 @@ class HttpProxy:
                 no_body = method == "HEAD" or record.status in (204, 304) or 100 <= record.status < 200
                 complete = True
                 if not no_body:
+                    rate = self._rate(method, path)
+                    record.throttled = rate is not None
+                    pause = None
+                    if rule is not None and rule.delay is not None and rule.delay_after is not None:
+                        record.delayed = True
+                        pause = _Pause(rule.delay_after, rule.delay, self._stopping)
+                    corrupt_at = None
+                    if rule is not None and rule.corrupt_at is not None and not rule.corrupt_request:
+                        record.corrupted = True
+                        corrupt_at = rule.corrupt_at
                     complete = _relay_body(
                         ufile,
                         client,
@@ -248,9 +411,14 @@ class HttpProxy:
                         is_request=False,
                         limit=limit,
                         on_bytes=self._count(record),
+                        pacer=_Pacer(rate, self._stopping) if rate is not None else None,
+                        pause=pause,
+                        corrupt_at=corrupt_at,
                     )
                 if not complete:
                     record.cut = True
+                    if rule is not None and rule.reset:
+                        _reset(client)
                     _close(client)
                     return
                 if _wants_close(response_headers) or _wants_close(headers):
@@ -279,6 +447,29 @@ class HttpProxy:
         headers = {"Content-Length": str(len(rule.body)), "Content-Type": "text/plain", **rule.headers}
         lines += [f"{k}: {v}" for k, v in headers.items()]
         client.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + rule.body)
+
+
+@dataclass
+class _Pause:
+    """Hold a body relay for ``seconds`` once ``at`` bytes have been sent; a proxy that stops ends it."""
+
+    at: int
+    seconds: float
+    stopping: threading.Event
+    done: bool = False
+
+    def wait(self) -> None:
+        self.done = True
+        if self.stopping.wait(self.seconds):
+            raise ConnectionAbortedError("the proxy is stopping")
+
+
+def _reset(sock: socket.socket) -> None:
+    """Make the next close send a TCP RST (SO_LINGER with a zero timeout) instead of a FIN."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.close()
 
 
 def _close(sock: socket.socket) -> None:
@@ -336,24 +527,41 @@ def _relay_body(
     is_request: bool,
     limit: int | None = None,
     on_bytes: Callable[[int], None] | None = None,
+    pacer: _Pacer | None = None,
+    pause: _Pause | None = None,
+    corrupt_at: int | None = None,
 ) -> bool:
-    """Copy one message body; False if cut at ``limit`` bytes. ``dst`` None discards the body."""
+    """Copy one message body; False if cut at ``limit`` bytes. ``dst`` None discards the body. ``pacer``
+    holds the copy to its rate; ``pause`` holds it once; the byte at ``corrupt_at`` is flipped."""
     sent = 0
 
-    def emit(data: bytes) -> bool:
+    def send(data: bytes) -> None:
         nonlocal sent
+        if pause is not None and not pause.done and sent <= pause.at < sent + len(data):
+            before = pause.at - sent
+            send(data[:before])
+            pause.wait()
+            data = data[before:]
+        step = pacer.step if pacer is not None else max(1, len(data))
+        for start in range(0, len(data), step):
+            piece = data[start : start + step]
+            if corrupt_at is not None and sent <= corrupt_at < sent + len(piece):
+                i = corrupt_at - sent
+                piece = piece[:i] + bytes([piece[i] ^ 0xFF]) + piece[i + 1 :]
+            if pacer is not None:
+                pacer.wait_for(sent + len(piece))
+            if dst is not None:
+                dst.sendall(piece)
+            sent += len(piece)
+            if on_bytes:
+                on_bytes(len(piece))
+
+    def emit(data: bytes) -> bool:
         if limit is not None and sent + len(data) > limit:
-            data = data[: limit - sent]
-            if dst is not None and data:
-                dst.sendall(data)
-                if on_bytes:
-                    on_bytes(len(data))
+            if dst is not None:
+                send(data[: limit - sent])
             return False
-        if dst is not None:
-            dst.sendall(data)
-        sent += len(data)
-        if on_bytes:
-            on_bytes(len(data))
+        send(data)
         return True
 
     if (_header(headers, "transfer-encoding") or "").lower() == "chunked":

@@ -411,8 +411,10 @@ class Soci:
             _kill_group(proc)
             raise
         finally:
+            # The pipes close when soci (and whatever it started in its group) is gone; a process that left
+            # the group may keep them open: do not wait for it long, its output no longer matters.
             for reader in readers:
-                reader.join(timeout=10)
+                reader.join(timeout=2 if proc.returncode is None or proc.returncode < 0 else 10)
         err_text = "".join(stderr)
         if proc.returncode != 0:
             if proc.returncode < 0:
@@ -454,10 +456,11 @@ def _reason(exc: BaseException | None) -> str:
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL soci's process group and reap soci (its output pipes are read by the reader threads)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(Exception):
-        proc.communicate(timeout=10)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
 
 
 def _platform_args(platforms: Sequence[Platform], all_platforms: bool) -> list[str]:

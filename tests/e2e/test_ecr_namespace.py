@@ -129,6 +129,7 @@ def _assert_no_leaks_or_leftovers(result: dict[str, Any]) -> None:
     assert result["tmp_dir_entries"] == [], f"temporary files left behind: {result['tmp_dir_entries']}"
 
 
+@pytest.mark.soci
 def test_seed_flags_against_ecr_already_indexed(tmp_path: Path, soci_bin: str) -> None:
     result = run_driver(tmp_path, "already-indexed", soci_bin=soci_bin)
     assert not result["timed_out"], _describe(result)
@@ -152,6 +153,7 @@ def test_seed_flags_against_ecr_already_indexed(tmp_path: Path, soci_bin: str) -
     assert [r["digest"] for r in result["registry"]["referrers"]] == [result["preexisting_index"]]
 
 
+@pytest.mark.soci
 def test_seed_flags_against_ecr_without_ca_file_fails_cleanly(tmp_path: Path, soci_bin: str) -> None:
     """Without --ca-file the registry's certificate is not trusted: one line, exit code 5, no traceback."""
     result = run_driver(tmp_path, "no-ca", soci_bin=soci_bin)
@@ -166,6 +168,7 @@ def test_seed_flags_against_ecr_without_ca_file_fails_cleanly(tmp_path: Path, so
     _assert_no_leaks_or_leftovers(result)
 
 
+@pytest.mark.soci
 def test_seed_flags_against_ecr_end_to_end(tmp_path: Path, soci_bin: str) -> None:
     result = run_driver(tmp_path, "end-to-end", soci_bin=soci_bin)
     assert not result["timed_out"], _describe(result)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.registry import ECR_HOST, RegistryServer
+from tests.fixtures.registry import ECR_HOST, RegistryServer, free_port
 from tests.helpers import MIB, push, run_cli, seed_for
 from tests.imagefactory import (
     AMD64,
@@ -20,8 +21,8 @@ from tests.imagefactory import (
 )
 from tests.proxy import HttpProxy
 from wrapper.containerd.client import ContainerdClient
-from wrapper.errors import AuthError, NotFoundError, RegistryError
-from wrapper.models import Platform
+from wrapper.errors import AuthError, ExitCode, NotFoundError, RegistryError
+from wrapper.models import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, Platform
 from wrapper.pull import GC_REF, SOURCE_LABEL, PullOptions, pull
 from wrapper.registry.auth import Credentials, CredentialStore
 from wrapper.registry.client import RegistryClient
@@ -170,12 +171,42 @@ def test_docker_media_types(
     request,
 ) -> None:
     index = build_index(tmp_path, three_layers(seed_for(request)), oci=False)
+    assert index.media_type == DOCKER_MANIFEST_LIST
+    assert {image.media_type for image in index.images} == {DOCKER_MANIFEST}
     ref = push(registry, anon_client, "docker/app", index)
     pull(anon_client, containerd_client, ref, PullOptions(full=True, all_platforms=True))
-    check = ctr("images", "check")
-    assert "complete" in check.stdout, check.stdout
+
+    # containerd holds the manifest list, every platform's manifest, config and layers, and nothing else
+    expected = {index.digest} | {image.digest for image in index.images}
+    expected |= {blob.digest for image in index.images for blob in image.blobs}
+    assert stored(containerd_client) == expected
+    for image in index.images:
+        for blob in image.blobs:
+            assert containerd_client.content.info(blob.digest).size == blob.size
+    record = containerd_client.images.get(str(ref))
+    assert (record.target.digest, record.target.media_type) == (index.digest, DOCKER_MANIFEST_LIST)
     assert index.digest in {i.target.digest for i in containerd_client.images.list()}
-    assert containerd_client.images.get(str(ref)).target.media_type == index.media_type
+
+    # ctr agrees that the image (this host's platform of it) is complete: every required blob is present.
+    # (`ctr images check -q` lists only images that are also unpacked; a pull for soci never unpacks.)
+    check = ctr("images", "check")
+    # columns: REF TYPE DIGEST STATUS ("complete (4/4)", "incomplete (3/4)", ...) SIZE UNPACKED
+    row = re.compile(
+        rf"^{re.escape(str(ref))}\s+(?P<type>\S+)\s+(?P<digest>\S+)\s+"
+        r"(?P<status>\w+) \((?P<present>\d+)/(?P<required>\d+)\)",
+        re.MULTILINE,
+    )
+    rows = list(row.finditer(check.stdout))
+    assert len(rows) == 1, check.stdout
+    found = rows[0]
+    assert (found["type"], found["digest"], found["status"]) == (
+        DOCKER_MANIFEST_LIST,
+        index.digest,
+        "complete",
+    )
+    # ctr counts what the host platform's manifest needs (its manifest list and manifest being readable):
+    # its config and its three layers
+    assert (int(found["present"]), int(found["required"])) == (4, 4), check.stdout
 
 
 def test_schema1_is_refused(
@@ -328,10 +359,21 @@ def test_cli_pull_with_docker_config(
         containerd_namespace,
         "--ca-file",
         tls_registry.ca_file,
+        "--min-layer-size",
+        "1MiB",  # so the 2 MiB layer is fetched with those credentials too
         "--quiet",
         env={"DOCKER_CONFIG": str(cfg)},
     )
     assert proc.returncode == 0, proc.stderr
+    # The image is in containerd: its record, its manifest, and the config and layer that manifest names.
+    with ContainerdClient(containerd.address, containerd_namespace) as client:
+        assert client.images.get(str(ref)).target.digest == ref.digest
+        manifest = json.loads(b"".join(client.content.read(str(ref.digest))))
+        wanted = [manifest["config"], *manifest["layers"]]
+        assert len(manifest["layers"]) == 1
+        assert stored(client) == {str(ref.digest)} | {d["digest"] for d in wanted}
+        for descriptor in wanted:
+            assert client.content.info(descriptor["digest"]).size == descriptor["size"]
 
 
 def test_cli_pull_from_ecr_with_token_from_moto(
@@ -359,9 +401,18 @@ def test_cli_pull_from_ecr_with_token_from_moto(
     proc = run_cli(*args, env={"DOCKER_CONFIG": str(empty)})
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["digest"] == private_image.digest
-    # and without moto's token the same pull is refused
-    refused = run_cli(*args, env={"DOCKER_CONFIG": str(empty), "AWS_ENDPOINT_URL_ECR": "http://127.0.0.1:9"})
-    assert refused.returncode in (3, 5), refused.stderr
+    # Without moto's token the same pull fails before it reaches the registry: an AWS endpoint that cannot be
+    # reached is "unreachable" (exit 5), like the registry itself, not a refusal of credentials (exit 3).
+    dead = f"http://127.0.0.1:{free_port()}"
+    refused = run_cli(*args, env={"DOCKER_CONFIG": str(empty), "AWS_ENDPOINT_URL_ECR": dead})
+    assert refused.returncode == ExitCode.REGISTRY, refused.stderr
+    report = json.loads(refused.stdout)
+    assert report == {"error": report["error"], "exit_code": ExitCode.REGISTRY}
+    assert report["error"].startswith(f"cannot reach the AWS endpoint to log in to {ECR_HOST}: "), report
+    assert dead in report["error"]
+    errors = [ln for ln in refused.stderr.splitlines() if ln.startswith("soci-wrapper: error:")]
+    assert errors == [f"soci-wrapper: error: {report['error']}"], refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 def test_cli_pull_with_credential_helper(

@@ -172,13 +172,35 @@ def test_missing_helper(tmp_path, monkeypatch):
 
 
 # ECR through moto ------------------------------------------------------------------------------------
-def test_ecr_token_from_moto(moto_ecr, tmp_path, caplog):
+def test_ecr_token_from_moto(moto_ecr, tmp_path, caplog, monkeypatch):
     caplog.set_level(logging.DEBUG, logger="wrapper.registry")
     store = CredentialStore(docker_config_dir=tmp_path)
+    # Count ecr:GetAuthorizationToken on the boto3 clients the store makes: API calls, and HTTP requests sent
+    # (botocore's events, so retries would show as extra requests).
+    calls: list[str] = []
+    sent: list[str] = []
+    make_client = store._boto_client
+
+    def counting_client(service: str, region: str) -> Any:
+        client = make_client(service, region)
+        if not getattr(client, "_counted_by_test", False):
+            client._counted_by_test = True
+            client.meta.events.register(
+                "before-call.ecr.GetAuthorizationToken", lambda **kw: calls.append(region)
+            )
+            client.meta.events.register(
+                "before-send.ecr.GetAuthorizationToken", lambda request, **kw: sent.append(request.url)
+            )
+        return client
+
+    monkeypatch.setattr(store, "_boto_client", counting_client)
     creds = store.get(moto_ecr.host)
     # moto's token is base64("AWS:<account>-auth-token"); the store hands out the decoded pair.
     assert creds == Credentials("AWS", MOTO_ECR_PASSWORD)
+    assert calls == [moto_ecr.region]
     assert store.get(moto_ecr.host) == creds  # moto's expiresAt is in 2015, so this fetched again
+    assert calls == [moto_ecr.region] * 2
+    assert len(sent) == 2 and all(url.startswith(moto_ecr.endpoint) for url in sent), sent
     assert MOTO_ECR_PASSWORD not in caplog.text
 
 

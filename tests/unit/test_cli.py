@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 import pytest
 
@@ -106,8 +107,14 @@ def test_bad_input_gets_one_line_and_exit_2(args: list[str], needle: str) -> Non
 
 def test_json_error_object_on_stdout() -> None:
     proc = run_cli("index", "registry.example/app:1", "--username", "u", "--json")
-    assert proc.returncode == ExitCode.USAGE
-    assert '"exit_code": 2' in proc.stdout
+    assert proc.returncode == ExitCode.USAGE, proc.stderr
+    report = json.loads(proc.stdout)  # one JSON object and nothing else on stdout
+    assert isinstance(report, dict) and set(report) == {"error", "exit_code"}, report
+    assert report["exit_code"] == ExitCode.USAGE and type(report["exit_code"]) is int
+    assert isinstance(report["error"], str) and "--password-stdin" in report["error"]
+    assert "\n" not in report["error"]
+    # the same message as the one error line on stderr
+    assert proc.stderr.strip().splitlines() == [f"soci-wrapper: error: {report['error']}"]
 
 
 def test_help_documents_exit_codes_and_environment() -> None:

@@ -6,10 +6,14 @@ binary live in tests/e2e.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import os
+import signal
 import stat
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -86,14 +90,62 @@ def test_missing_binary_is_a_missing_dependency(tmp_path: Path) -> None:
     assert getattr(info.value, "exit_code", None) == ExitCode.MISSING_DEPENDENCY
 
 
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, process group) of ``pid`` from /proc, or None when there is no such process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ...
+    return fields[0], int(fields[2])
+
+
+def _live_group_members(pgid: int) -> list[int]:
+    """Processes of group ``pgid`` that are still running (zombies waiting for a reaper do not count)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _proc_stat(int(entry.name))
+            if stat is not None and stat[1] == pgid and stat[0] not in ("Z", "X"):
+                out.append(int(entry.name))
+    return out
+
+
 def test_runner_stops_a_call_that_times_out(tmp_path: Path) -> None:
+    """A soci call past its timeout is stopped with everything it started (its whole process group)."""
+    pids = tmp_path / "pids"
     script = tmp_path / "slow"
-    script.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(60)\n")
+    # A shell starts at once: its background sleep (a grandchild of the runner, in the shell's process group
+    # since a script has no job control) is running well before the timeout.
+    script.write_text(
+        "#!/bin/sh\n"
+        "sleep 60 &\n"
+        f"echo \"$$ $! $(cut -d' ' -f5 /proc/$!/stat)\" > {pids}.tmp\n"
+        f"mv {pids}.tmp {pids}\n"
+        "wait\n"
+    )
     script.chmod(0o755)
     runner = make(tmp_path, str(script))
-    runner.timeout = 0.5
-    with pytest.raises(SociError, match="did not finish"):
-        runner.create("img")
+    runner.timeout = 1.0
+    try:
+        with pytest.raises(SociError, match="did not finish"):
+            runner.create("img")
+        assert pids.exists(), "the stand-in soci never started its grandchild"
+        soci_pid, grandchild_pid, grandchild_pgid = map(int, pids.read_text().split())
+        # soci runs in a session (and so a process group) of its own, which its grandchild shares
+        assert grandchild_pgid == soci_pid
+        deadline = time.monotonic() + 10
+        while _live_group_members(soci_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _live_group_members(soci_pid) == []
+        assert _proc_stat(soci_pid) is None  # stopped and reaped, not left as a zombie
+        grandchild = _proc_stat(grandchild_pid)
+        assert grandchild is None or grandchild[0] == "Z", grandchild
+    finally:  # whatever the outcome, leave nothing of the stand-in running
+        if pids.exists():
+            for pid in _live_group_members(int(pids.read_text().split()[0])):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def test_push_environment_is_private_and_removed(tmp_path: Path) -> None:
@@ -114,14 +166,20 @@ def test_push_environment_is_private_and_removed(tmp_path: Path) -> None:
     assert not cfg_dir.exists()
 
 
-def test_push_never_puts_the_password_in_argv(tmp_path: Path) -> None:
+def test_push_never_puts_the_password_in_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """soci push gets credentials through DOCKER_CONFIG: record the argv and env a stand-in script sees."""
+    outer = tmp_path / "outer-docker-config"  # the caller's own DOCKER_CONFIG must not be what soci gets
+    monkeypatch.setenv("DOCKER_CONFIG", str(outer))
     seen = tmp_path / "seen.json"
     script = tmp_path / "fake-soci"
     script.write_text(
-        f"#!{sys.executable}\nimport json, os, sys\n"
-        f"cfg = open(os.path.join(os.environ['DOCKER_CONFIG'], 'config.json')).read()\n"
-        f"json.dump({{'argv': sys.argv, 'cfg': cfg}}, open({str(seen)!r}, 'w'))\n"
+        f"#!{sys.executable}\nimport json, os, stat, sys\n"
+        "d = os.environ['DOCKER_CONFIG']\n"
+        "c = os.path.join(d, 'config.json')\n"
+        "json.dump({'argv': sys.argv, 'docker_config': d, 'cfg': open(c).read(),\n"
+        "           'dir_mode': stat.S_IMODE(os.stat(d).st_mode), 'cfg_mode': stat.S_IMODE(os.stat(c).st_mode),\n"
+        "           'env': dict(os.environ)},\n"
+        f"          open({str(seen)!r}, 'w'))\n"
     )
     script.chmod(0o755)
     runner = make(tmp_path, str(script))
@@ -131,11 +189,20 @@ def test_push_never_puts_the_password_in_argv(tmp_path: Path) -> None:
         platforms=[Platform("linux", "amd64")],
     )
     data = json.loads(seen.read_text())
-    assert not any("pa55word" in a for a in data["argv"])
+    assert not any("pa55word" in a for a in data["argv"]), data["argv"]
+    assert not any("pa55word" in v for v in data["env"].values())  # not in any variable either
     assert "--user" not in data["argv"] and "--plain-http" in data["argv"]
-    assert "auth" in data["cfg"]
+    # soci's DOCKER_CONFIG was a private directory of the run (0700, config.json 0600), gone afterwards
+    docker_config = Path(data["docker_config"])
+    assert docker_config != outer
+    assert docker_config.parent == tmp_path / "t" and docker_config.name.startswith("soci-auth-")
+    assert (data["dir_mode"], data["cfg_mode"]) == (0o700, 0o600)
+    assert not docker_config.exists()
     assert not any(p.name.startswith("soci-auth-") for p in (tmp_path / "t").iterdir())
-    assert os.environ.get("DOCKER_CONFIG") != json.loads(seen.read_text()).get("cfg")
+    # ... and its config.json held exactly the user and password, as docker's base64 "user:password"
+    auths = json.loads(data["cfg"])["auths"]
+    assert list(auths) == ["reg.example"]
+    assert base64.b64decode(auths["reg.example"]["auth"], validate=True).decode() == "u:pa55word"
 
 
 def test_identity_tokens_are_refused_for_soci_push() -> None:
