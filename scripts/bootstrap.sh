@@ -216,10 +216,12 @@ tool_install containerd "$CONTAINERD2_VERSION" containerd .deps/containerd2/bin/
 zot_tarball="${ZOT_SOURCE:-$(dirname "$root")/shared/third_party/zot/zot-$ZOT_VERSION.tar.gz}"
 tool_error=""
 if ! zot_ok "$cache_root/zot-$ZOT_VERSION/zot"; then
+  got=""
+  [[ -f "$zot_tarball" ]] && got="$(sha256sum "$zot_tarball" | cut -d' ' -f1)" || true
   if [[ ! -f "$zot_tarball" ]]; then
     tool_error="zot source tarball $zot_tarball does not exist (set ZOT_SOURCE to the zot $ZOT_VERSION source tarball)"
-  elif got="$(sha256sum "$zot_tarball" | cut -d' ' -f1)" && [[ "$got" != "$ZOT_SOURCE_SHA256" ]]; then
-    tool_error="zot source tarball $zot_tarball has sha256 $got, expected $ZOT_SOURCE_SHA256; not used"
+  elif [[ "$got" != "$ZOT_SOURCE_SHA256" ]]; then
+    tool_error="zot source tarball $zot_tarball has sha256 ${got:-(unreadable)}, expected $ZOT_SOURCE_SHA256; not used"
   else
     log "zot source tarball $zot_tarball: sha256 verified"
   fi

@@ -1,4 +1,4 @@
-"""Content store writes (resumable, pipelined), reads and labels against a real containerd."""
+"""Content store writes (resumable, pipelined), reads and labels against each supported real containerd."""
 
 from __future__ import annotations
 
@@ -54,11 +54,11 @@ def _digest_of_stream(chunks: Iterator[bytes]) -> tuple[str, int]:
     return "sha256:" + digest.hexdigest(), size
 
 
-def test_64mib_write_cut_midway_resumes_and_reads_back(containerd_client: ContainerdClient) -> None:
-    content = containerd_client.content
+def test_64mib_write_cut_midway_resumes_and_reads_back(any_containerd_client: ContainerdClient) -> None:
+    content = any_containerd_client.content
     data, digest = _blob(64 * MiB, seed=1)
     ref = "test-64mib"
-    with containerd_client.lease():
+    with any_containerd_client.lease():
         broken = Source(data, fail_after=20)
         progress: list[int] = []
         with pytest.raises(SourceBroke):
@@ -94,35 +94,35 @@ def test_64mib_write_cut_midway_resumes_and_reads_back(containerd_client: Contai
         assert part == data[5 * MiB + 3 : 5 * MiB + 1003]
 
 
-def test_small_uneven_source_chunks_are_regrouped(containerd_client: ContainerdClient) -> None:
+def test_small_uneven_source_chunks_are_regrouped(any_containerd_client: ContainerdClient) -> None:
     data, digest = _blob(3 * MiB + 17, seed=2)
-    with containerd_client.lease():
+    with any_containerd_client.lease():
         sizes: list[int] = []
-        result = containerd_client.content.write(
+        result = any_containerd_client.content.write(
             "uneven", Source(data, chunk=100_000), total=len(data), expected=digest, on_progress=sizes.append
         )
         assert result.bytes_sent == len(data)
         assert sizes == [MiB, MiB, MiB, 17]
-        assert _digest_of_stream(containerd_client.content.read(digest)) == (digest, len(data))
+        assert _digest_of_stream(any_containerd_client.content.read(digest)) == (digest, len(data))
 
 
-def test_existing_blob_is_not_sent_again(containerd_client: ContainerdClient) -> None:
+def test_existing_blob_is_not_sent_again(any_containerd_client: ContainerdClient) -> None:
     data, digest = _blob(100_000, seed=3)
-    with containerd_client.lease():
-        first = containerd_client.content.write("dup-1", Source(data), total=len(data), expected=digest)
+    with any_containerd_client.lease():
+        first = any_containerd_client.content.write("dup-1", Source(data), total=len(data), expected=digest)
         assert first.committed
         again = Source(data)
-        second = containerd_client.content.write("dup-2", again, total=len(data), expected=digest)
+        second = any_containerd_client.content.write("dup-2", again, total=len(data), expected=digest)
     assert second.already_existed and not second.committed
     assert second.bytes_sent == 0
     assert again.offsets == []
 
 
-def test_wrong_digest_fails_and_commits_nothing(containerd_client: ContainerdClient) -> None:
-    content = containerd_client.content
+def test_wrong_digest_fails_and_commits_nothing(any_containerd_client: ContainerdClient) -> None:
+    content = any_containerd_client.content
     data, real = _blob(2 * MiB, seed=4)
     wrong = "sha256:" + "0" * 64
-    with containerd_client.lease(), pytest.raises(ContainerdError) as info:
+    with any_containerd_client.lease(), pytest.raises(ContainerdError) as info:
         content.write("wrong", Source(data), total=len(data), expected=wrong)
     message = str(info.value)
     assert "\n" not in message
@@ -133,10 +133,10 @@ def test_wrong_digest_fails_and_commits_nothing(containerd_client: ContainerdCli
     assert real not in content.list_digests()
 
 
-def test_labels_update_merges(containerd_client: ContainerdClient) -> None:
-    content = containerd_client.content
+def test_labels_update_merges(any_containerd_client: ContainerdClient) -> None:
+    content = any_containerd_client.content
     data, digest = _blob(1000, seed=5)
-    with containerd_client.lease():
+    with any_containerd_client.lease():
         content.write("labels", Source(data), total=len(data), expected=digest, labels={"a": "1", "b": "2"})
         info = content.update_labels(digest, {"b": "changed", "c": "3"})
         assert info.labels == {"a": "1", "b": "changed", "c": "3"}
@@ -144,10 +144,10 @@ def test_labels_update_merges(containerd_client: ContainerdClient) -> None:
         assert content.update_labels(digest, {"a": ""}).labels == {"b": "changed", "c": "3"}
 
 
-def test_abort_drops_the_ingest_and_delete_removes_the_blob(containerd_client: ContainerdClient) -> None:
-    content = containerd_client.content
+def test_abort_drops_the_ingest_and_delete_removes_the_blob(any_containerd_client: ContainerdClient) -> None:
+    content = any_containerd_client.content
     data, digest = _blob(3 * MiB, seed=6)
-    with containerd_client.lease():
+    with any_containerd_client.lease():
         with pytest.raises(SourceBroke):
             content.write("abort-me", Source(data, fail_after=1), total=len(data), expected=digest)
         assert content.status("abort-me") == MiB
@@ -166,10 +166,10 @@ def test_abort_drops_the_ingest_and_delete_removes_the_blob(containerd_client: C
         b"".join(content.read(digest))
 
 
-def test_daemon_killed_midway_then_resumed_after_restart(tmp_path: Path) -> None:
+def test_daemon_killed_midway_then_resumed_after_restart(tmp_path: Path, any_containerd_bin: str) -> None:
     data, digest = _blob(16 * MiB, seed=7)
     work = tmp_path / "daemon"
-    first = ManagedContainerd(work, keep_work_dir=True)
+    first = ManagedContainerd(work, binary=any_containerd_bin, keep_work_dir=True)
     with first, ContainerdClient(first.address, "resume") as client:
         pid = first.pid
         assert pid is not None
@@ -189,7 +189,8 @@ def test_daemon_killed_midway_then_resumed_after_restart(tmp_path: Path) -> None
         assert "\n" not in str(info.value)
 
     # The ingest lives on disk in the work directory; a new daemon there picks it up.
-    with ManagedContainerd(work) as second, ContainerdClient(second.address, "resume") as client:
+    second = ManagedContainerd(work, binary=any_containerd_bin)
+    with second, ContainerdClient(second.address, "resume") as client:
         held = client.content.status("survivor")
         assert held is not None and 0 < held < len(data)
         with client.lease():

@@ -46,7 +46,8 @@ _LOG_TAIL_LINES = 20
 # Plugins we do not need: Kubernetes (CRI), running containers, snapshotters that only log errors here,
 # and "opt", which would create /opt/containerd. Content, metadata, leases, images, namespaces,
 # introspection, version, gc and the overlayfs/native snapshotters stay.
-DISABLED_PLUGINS = (
+# containerd 1.x (config version 2):
+DISABLED_PLUGINS_1 = (
     "io.containerd.grpc.v1.cri",
     "io.containerd.grpc.v1.tasks",
     "io.containerd.service.v1.tasks-service",
@@ -60,6 +61,38 @@ DISABLED_PLUGINS = (
     "io.containerd.snapshotter.v1.devmapper",
     "io.containerd.snapshotter.v1.zfs",
 )
+# containerd 2.x (config version 3) ignores IDs it does not know, so the list uses its own IDs: cgroups and
+# restart were renamed, aufs and the v1 runtime are gone. 2.x adds more around running containers (CRI's
+# image and runtime plugins, sandboxes, shims, NRI, whose socket would live in /var/run/nri), which log
+# "failed to load plugin" warnings without the tasks service; and plugins that only log why they are skipped
+# here (erofs needs mkfs.erofs, blockfile a scratch file, tracing an endpoint).
+DISABLED_PLUGINS_2 = (
+    "io.containerd.grpc.v1.cri",
+    "io.containerd.cri.v1.images",
+    "io.containerd.cri.v1.runtime",
+    "io.containerd.grpc.v1.tasks",
+    "io.containerd.service.v1.tasks-service",
+    "io.containerd.runtime.v2.task",
+    "io.containerd.shim.v1.manager",
+    "io.containerd.monitor.task.v1.cgroups",
+    "io.containerd.monitor.container.v1.restart",
+    "io.containerd.internal.v1.opt",
+    "io.containerd.nri.v1.nri",
+    "io.containerd.grpc.v1.sandboxes",
+    "io.containerd.grpc.v1.sandbox-controllers",
+    "io.containerd.sandbox.controller.v1.shim",
+    "io.containerd.podsandbox.controller.v1.podsandbox",
+    "io.containerd.snapshotter.v1.blockfile",
+    "io.containerd.snapshotter.v1.btrfs",
+    "io.containerd.snapshotter.v1.devmapper",
+    "io.containerd.snapshotter.v1.erofs",
+    "io.containerd.snapshotter.v1.zfs",
+    "io.containerd.differ.v1.erofs",
+    "io.containerd.mount-handler.v1.erofs",
+    "io.containerd.internal.v1.tracing",
+    "io.containerd.tracing.processor.v1.otlp",
+    "io.containerd.ttrpc.v1.otelttrpc",
+)
 
 
 def find_containerd(binary: str = "containerd") -> str | None:
@@ -68,12 +101,13 @@ def find_containerd(binary: str = "containerd") -> str | None:
 
 
 def containerd_binary_version(path: str) -> str:
-    """The version printed by ``containerd --version`` (e.g. ``1.6.20~ds1``)."""
+    """The version printed by ``containerd --version``, without a leading ``v`` (``1.6.20~ds1``, ``2.2.6``)."""
     try:
         proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise MissingDependencyError(f"cannot run {path} --version: {exc}") from None
     # "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3"
+    # "containerd github.com/containerd/containerd/v2 v2.2.6 11ce9d5f3c68c941867e82890e93e815c1304f1b"
     match = re.match(r"containerd\s+\S+\s+v?(\S+)", proc.stdout.strip())
     if proc.returncode != 0 or not match:
         output = one_line(proc.stdout + proc.stderr)[:200]
@@ -81,16 +115,29 @@ def containerd_binary_version(path: str) -> str:
     return match.group(1)
 
 
-def render_config(*, root: Path, state: Path, address: str) -> str:
-    """A containerd config (version 2) that keeps all of the daemon's files in our work directory."""
+def major_version(version: str) -> int:
+    """The major release of a containerd version string (``1.6.20~ds1`` → 1, ``v2.2.6`` → 2)."""
+    match = re.match(r"v?(\d+)\.", version)
+    if match is None:
+        raise ValueError(f"not a containerd version: {version!r}")
+    return int(match.group(1))
+
+
+def render_config(*, root: Path, state: Path, address: str, major: int = 1) -> str:
+    """A containerd config that keeps all of the daemon's files in our work directory.
+
+    ``major`` is the daemon's major release: 1 gets a version 2 config, 2 and later version 3 (which 1.x
+    refuses, and from which 2.x needs no migration) with 2.x's plugin IDs.
+    """
 
     def q(value: object) -> str:  # JSON string escapes are valid TOML basic strings
         return json.dumps(str(value))
 
-    disabled = ", ".join(q(p) for p in DISABLED_PLUGINS)
+    config_version, plugins = (3, DISABLED_PLUGINS_2) if major >= 2 else (2, DISABLED_PLUGINS_1)
+    disabled = ", ".join(q(p) for p in plugins)
     return (
         "# Written by soci-wrapper for a private containerd; removed when the daemon stops.\n"
-        "version = 2\n"
+        f"version = {config_version}\n"
         f"root = {q(root)}\n"
         f"state = {q(state)}\n"
         f"disabled_plugins = [{disabled}]\n"
@@ -140,6 +187,7 @@ class ManagedContainerd:
         self._address: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
+        self._binary_version: str | None = None
 
     # -- properties -------------------------------------------------------------------------------------
 
@@ -167,6 +215,11 @@ class ManagedContainerd:
     def log_path(self) -> Path:
         return self.work_dir / "containerd.log"
 
+    @property
+    def binary_version(self) -> str | None:
+        """The version ``containerd --version`` printed (``1.6.20~ds1``, ``2.2.6``), once started."""
+        return self._binary_version
+
     # -- lifecycle --------------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -178,9 +231,15 @@ class ManagedContainerd:
             if self._binary == "containerd":
                 raise MissingDependencyError(MISSING_MESSAGE)
             raise MissingDependencyError(f"{MISSING_MESSAGE} (looked for {self._binary})")
+        # The config format depends on the release (1.x: version 2; 2.x: version 3 and renamed plugins).
+        try:
+            self._binary_version = containerd_binary_version(binary)
+            major = major_version(self._binary_version)
+        except (MissingDependencyError, ValueError) as exc:
+            raise ContainerdError(f"cannot start {binary}: {exc}") from None
         try:
             self._prepare_dirs()
-            self._spawn(binary)
+            self._spawn(binary, major)
             self._wait_ready()
         except BaseException:
             self.stop()
@@ -219,10 +278,12 @@ class ManagedContainerd:
             address = self._socket_dir / "containerd.sock"
         self._address = str(address)
 
-    def _spawn(self, binary: str) -> None:
+    def _spawn(self, binary: str, major: int) -> None:
         config = self.work_dir / "config.toml"
         config.write_text(
-            render_config(root=self.work_dir / "root", state=self.work_dir / "state", address=self.address)
+            render_config(
+                root=self.work_dir / "root", state=self.work_dir / "state", address=self.address, major=major
+            )
         )
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the daemon's lifetime
         log.debug("starting %s --config %s", binary, config)
