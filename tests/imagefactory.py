@@ -1,5 +1,8 @@
 """Deterministic test images built in Python: real tar layers, configs, manifests, indexes.
 
+An index can also hold buildx-style attestation manifests (``build_attestation``): platform
+``unknown/unknown``, annotated with the image manifest they describe, with one in-toto JSON layer.
+
 Layers are streamed to files (never built in memory), with their digests, sizes and diff_ids computed
 while writing. File contents are pseudo-random bytes from ``random.Random(seed)``, so gzip cannot
 shrink them: a layer's compressed size is close to the requested size. The same spec gives the same
@@ -16,7 +19,7 @@ import json
 import random
 import tarfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +43,17 @@ from wrapper.registry.reference import Reference
 DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
 AMD64 = Platform("linux", "amd64")
 ARM64 = Platform("linux", "arm64", "v8")
+S390X = Platform("linux", "s390x")
+ARMV7 = Platform("linux", "arm", "v7")
+UNKNOWN = Platform("unknown", "unknown")
+
+# buildx attestation manifests: what they are annotated with in the index, and what their layer holds.
+IN_TOTO = "application/vnd.in-toto+json"
+REFERENCE_TYPE_ANNOTATION = "vnd.docker.reference.type"
+REFERENCE_DIGEST_ANNOTATION = "vnd.docker.reference.digest"
+ATTESTATION_MANIFEST = "attestation-manifest"
+PREDICATE_TYPE_ANNOTATION = "in-toto.io/predicate-type"
+SLSA_PROVENANCE = "https://slsa.dev/provenance/v0.2"
 _CHUNK = 1 << 20
 
 
@@ -114,10 +128,16 @@ class Image:
     config: Blob
     layers: tuple[Layer, ...]
     manifest: Blob
+    # Annotations of this manifest's entry in an index (an attestation's reference to its image).
+    index_annotations: dict[str, str] = field(default_factory=dict, hash=False)
 
     @property
     def digest(self) -> str:
         return self.manifest.digest
+
+    @property
+    def is_attestation(self) -> bool:
+        return self.index_annotations.get(REFERENCE_TYPE_ANNOTATION) == ATTESTATION_MANIFEST
 
     @property
     def media_type(self) -> str:
@@ -129,17 +149,28 @@ class Image:
 
     def platform_descriptor(self) -> Descriptor:
         d = self.manifest.descriptor
-        return Descriptor(d.media_type, d.digest, d.size, platform=self.platform)
+        return Descriptor(
+            d.media_type, d.digest, d.size, annotations=dict(self.index_annotations), platform=self.platform
+        )
 
 
 @dataclass(frozen=True)
 class ImageIndex:
+    """``images``: the platforms' manifests; ``attestations``: buildx attestation manifests (after them in
+    the index, as buildx writes it)."""
+
     images: tuple[Image, ...]
     index: Blob
+    attestations: tuple[Image, ...] = ()
 
     @property
     def digest(self) -> str:
         return self.index.digest
+
+    @property
+    def manifests(self) -> tuple[Image, ...]:
+        """Every manifest the index lists, in its order."""
+        return (*self.images, *self.attestations)
 
     @property
     def media_type(self) -> str:
@@ -291,24 +322,74 @@ def build_index(
     *,
     platforms: Sequence[Platform] = (AMD64, ARM64),
     oci: bool = True,
+    attestations: bool = False,
 ) -> ImageIndex:
-    """A multi-platform image (OCI index or Docker manifest list); each platform gets its own layers."""
+    """A multi-platform image (OCI index or Docker manifest list); each platform gets its own layers.
+
+    ``attestations``: add a buildx-style attestation manifest for each platform (see build_attestation).
+    """
     images = []
     for i, platform in enumerate(platforms):
         specs = [LayerSpec(s.size_bytes, s.files, s.compress, s.seed + 7919 * i) for s in layers]
         images.append(build_image(directory, specs, platform=platform, oci=oci))
-    return index_of(images, oci=oci)
+    extra = [build_attestation(image) for image in images] if attestations else []
+    return index_of(images, oci=oci, attestations=extra)
 
 
-def index_of(images: Sequence[Image], *, oci: bool = True) -> ImageIndex:
-    """An OCI index (or Docker manifest list) of already built single-platform images."""
+def build_attestation(image: Image, *, predicate_type: str = SLSA_PROVENANCE) -> Image:
+    """A buildx-style attestation manifest for ``image``: platform ``unknown/unknown``, one in-toto statement
+    layer (``application/vnd.in-toto+json``) about the image manifest, an OCI config, and the index entry
+    annotations ``vnd.docker.reference.type: attestation-manifest`` and ``vnd.docker.reference.digest``."""
+    subject_hex = image.digest.split(":", 1)[1]
+    statement = {
+        "_type": "https://in-toto.io/Statement/v0.1",
+        "predicateType": predicate_type,
+        "subject": [
+            {"name": f"pkg:docker/test-image@v1?platform={image.platform}", "digest": {"sha256": subject_hex}}
+        ],
+        "predicate": {
+            "builder": {"id": "tests.imagefactory"},
+            "buildType": "https://mobyproject.org/buildkit@v1",
+            "metadata": {"buildInvocationID": subject_hex[:32]},
+        },
+    }
+    data = json.dumps(statement, separators=(",", ":")).encode()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    layer = Layer(
+        Descriptor(IN_TOTO, digest, len(data), annotations={PREDICATE_TYPE_ANNOTATION: predicate_type}),
+        data=data,
+        diff_id=digest,  # not compressed
+    )
+    config = _json_blob(
+        {
+            "architecture": UNKNOWN.architecture,
+            "os": UNKNOWN.os,
+            "config": {},
+            "rootfs": {"type": "layers", "diff_ids": [digest]},
+        },
+        OCI_CONFIG,
+    )
+    manifest_doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": config.descriptor.to_oci(),
+        "layers": [layer.descriptor.to_oci()],
+    }
+    manifest = _json_blob(manifest_doc, OCI_MANIFEST)
+    annotations = {REFERENCE_TYPE_ANNOTATION: ATTESTATION_MANIFEST, REFERENCE_DIGEST_ANNOTATION: image.digest}
+    return Image(UNKNOWN, config, (layer,), manifest, index_annotations=annotations)
+
+
+def index_of(images: Sequence[Image], *, oci: bool = True, attestations: Sequence[Image] = ()) -> ImageIndex:
+    """An OCI index (or Docker manifest list) of already built single-platform images, followed by
+    ``attestations`` (from build_attestation)."""
     media_type = OCI_INDEX if oci else DOCKER_MANIFEST_LIST
     index_doc = {
         "schemaVersion": 2,
         "mediaType": media_type,
-        "manifests": [image.platform_descriptor().to_oci() for image in images],
+        "manifests": [image.platform_descriptor().to_oci() for image in (*images, *attestations)],
     }
-    return ImageIndex(tuple(images), _json_blob(index_doc, media_type))
+    return ImageIndex(tuple(images), _json_blob(index_doc, media_type), tuple(attestations))
 
 
 # Pushing ----------------------------------------------------------------------------------------------
@@ -327,7 +408,7 @@ def push_image(
     """
     tag = tag or ref.tag or "latest"
     size = chunk_size if chunked else None
-    images = image.images if isinstance(image, ImageIndex) else (image,)
+    images = image.manifests if isinstance(image, ImageIndex) else (image,)
     for img in images:
         for blob in img.blobs:
             client.push_blob(ref, blob.descriptor, blob.source(), chunk_size=size)
@@ -428,15 +509,24 @@ def push_schema1_image(
 __all__ = [
     "AMD64",
     "ARM64",
+    "ARMV7",
+    "ATTESTATION_MANIFEST",
+    "IN_TOTO",
+    "REFERENCE_DIGEST_ANNOTATION",
+    "REFERENCE_TYPE_ANNOTATION",
+    "S390X",
+    "UNKNOWN",
     "Blob",
     "FileSpec",
     "Image",
     "ImageIndex",
     "Layer",
     "LayerSpec",
+    "build_attestation",
     "build_image",
     "build_index",
     "build_layer",
+    "index_of",
     "push_image",
     "push_schema1_image",
     "schema1_manifest",
