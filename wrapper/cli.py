@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import re
 import signal
+import ssl
 import sys
 import threading
 import traceback
@@ -58,6 +60,10 @@ environment (flags win over these):
 """
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+_MAX_SIZE = (1 << 63) - 1  # soci's size flags are int64
+# containerd's rule for namespace names (identifiers.Validate).
+_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$")
+_MAX_NAMESPACE_LENGTH = 76
 
 
 def parse_size(text: str) -> int:
@@ -66,7 +72,31 @@ def parse_size(text: str) -> int:
     if not m:
         raise argparse.ArgumentTypeError(f"invalid size {text!r}: use bytes or a number with KiB, MiB or GiB")
     unit = (m.group(2) or "b").lower()[0]
-    return int(m.group(1)) * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit]
+    size = int(m.group(1)) * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit]
+    if size > _MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: too large (at most {_MAX_SIZE} bytes)")
+    return size
+
+
+def parse_seconds(text: str) -> float:
+    """A positive, finite number of seconds."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: use a positive number of seconds")
+    return seconds
+
+
+def parse_namespace(text: str) -> str:
+    """A containerd namespace name: containerd refuses others, but only once it has been started."""
+    if not _NAMESPACE_RE.match(text) or len(text) > _MAX_NAMESPACE_LENGTH:
+        raise argparse.ArgumentTypeError(
+            f"invalid namespace {text!r}: use letters and digits, separated by '.', '_' or '-' "
+            f"(at most {_MAX_NAMESPACE_LENGTH} characters)"
+        )
+    return text
 
 
 def parse_platform(text: str) -> Platform:
@@ -136,7 +166,10 @@ def build_parser() -> _Parser:
         "--containerd-bin", default="containerd", help="containerd binary to start (default: %(default)s)"
     )
     g.add_argument(
-        "--namespace", default="soci-wrapper", help="containerd namespace to work in (default: %(default)s)"
+        "--namespace",
+        type=parse_namespace,
+        default="soci-wrapper",
+        help="containerd namespace to work in (default: %(default)s)",
     )
     g.add_argument(
         "--work-dir", type=Path, help="where this run keeps its files (default: a temporary directory)"
@@ -227,7 +260,9 @@ def build_parser() -> _Parser:
         help="reuse the zTOCs of this image's SOCI index (e.g. the previous build); repeatable",
     )
     g.add_argument("--no-reuse", action="store_true", help="build every zTOC from its layer")
-    g.add_argument("--soci-timeout", type=float, default=3600.0, help="seconds each soci call may take")
+    g.add_argument(
+        "--soci-timeout", type=parse_seconds, default=3600.0, help="seconds each soci call may take"
+    )
 
     p = sub.add_parser(
         "pull",
@@ -312,9 +347,19 @@ def _registry_options(args: argparse.Namespace, stdin: Callable[[], str]) -> Any
             raise UsageError("--password-stdin needs --username")
         password = stdin().rstrip("\r\n")
         if not password:
-            raise UsageError("--password-stdin read an empty password")
+            raise UsageError(
+                "--password-stdin read an empty password",
+                hint="pipe the password in on standard input; is the variable you pipe in empty?",
+            )
     elif args.username:
         raise UsageError("--username needs --password-stdin", hint="pipe the password in; it is never a flag")
+    if args.docker_config is not None and args.docker_config.exists() and not args.docker_config.is_dir():
+        raise UsageError(
+            f"--docker-config {args.docker_config} is not a directory",
+            hint="pass the directory that holds config.json",
+        )
+    if args.ca_file:
+        _check_ca_file(args.ca_file)
     return RegistryOptions(
         username=args.username,
         password=password,
@@ -349,9 +394,29 @@ def _reuse_options(args: argparse.Namespace, reference: Any) -> Any:
     )
 
 
+def _check_ca_file(path: str) -> None:
+    """--ca-file is read now: a missing or empty file is bad input, not a TLS failure of the registry."""
+    try:
+        ssl.create_default_context(cafile=path)
+        return
+    except ssl.SSLError as exc:
+        problem = f"no PEM certificate in it ({exc.reason or exc})"
+    except OSError as exc:
+        problem = exc.strerror or str(exc)
+    raise UsageError(
+        f"cannot use --ca-file {path}: {problem}",
+        hint="pass a PEM file with the CA certificate that signed the registry's certificate",
+    )
+
+
 def _daemon_options(args: argparse.Namespace) -> Any:
     from wrapper.pipeline import DaemonOptions
 
+    if args.work_dir is not None and args.work_dir.exists() and not args.work_dir.is_dir():
+        raise UsageError(
+            f"--work-dir {args.work_dir} is not a directory",
+            hint="pass a directory, or a path where one can be made",
+        )
     return DaemonOptions(
         containerd_address=args.containerd_address,
         containerd_bin=args.containerd_bin,
@@ -374,6 +439,11 @@ def cmd_index(args: argparse.Namespace, out: Console, err: Console, stdin: Calla
         reporter.warn("--output-tag is ignored for SOCI index manifest v1")
         output_tag = None
     reference = _resolve_index_reference(args)
+    if output_tag:
+        try:
+            reference.with_tag(output_tag)  # checked now, not after the pull
+        except UsageError as exc:
+            raise UsageError(f"invalid --output-tag {output_tag!r}", hint=exc.hint) from None
     request = IndexRequest(
         reference=reference,
         soci_version=soci_version,  # type: ignore[arg-type]
@@ -417,7 +487,8 @@ def cmd_index(args: argparse.Namespace, out: Console, err: Console, stdin: Calla
             reused = sum(1 for x in idx.layers if x.status == "reused")
             table.add_row(
                 "",
-                f"{idx.ztocs} zTOCs; {len(idx.layers_indexed)} layers indexed ({human_size(indexed)})"
+                f"{_count(idx.ztocs, 'zTOC')}; {_count(len(idx.layers_indexed), 'layer')} indexed"
+                f" ({human_size(indexed)})"
                 + (f", {reused} of them reused" if reused else "")
                 + f", {len(idx.layers_skipped)} skipped ({human_size(skipped)})",
             )
@@ -432,6 +503,10 @@ def cmd_index(args: argparse.Namespace, out: Console, err: Console, stdin: Calla
         table.add_row("work dir", report.work_dir)
     out.print(table)
     return ExitCode.OK
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def cmd_pull(args: argparse.Namespace, out: Console, err: Console, stdin: Callable[[], str]) -> int:

@@ -351,8 +351,10 @@ def _only_indexable(
         if len(image.selected) > 1:
             reporter.warn(f"{sel.platform}: {reason}; no SOCI index")
     if not keep:
+        chosen = ", ".join(str(sel.platform) for sel in image.selected)
+        whose = "the image" if len(image.all_platforms) <= 1 else f"the selected platforms ({chosen})"
         raise NothingToIndexError(
-            f"nothing to index: every layer of the image is smaller than the minimum layer size of "
+            f"nothing to index: every layer of {whose} is smaller than the minimum layer size of "
             f"{min_layer_size} bytes",
             hint="lower --min-layer-size to index smaller layers",
         )

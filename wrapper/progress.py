@@ -171,7 +171,8 @@ class PlainReporter(QuietReporter):
             return f"[{steps.done}/{steps.total}]" if steps.total else f"[{steps.done}]"
 
     def step(self, key: str, message: str) -> None:
-        self._line(f"    {self._advance(key)} {message}".rstrip())
+        position = self._advance(key)
+        self._line(f"    {position} {message}" if position else f"    {message}")
 
     def steps_finished(self, key: str, summary: str = "") -> None:
         with self._lock:
@@ -279,7 +280,8 @@ class RichReporter(PlainReporter):
             task = self._tasks.get(key)
             if task is not None and self._progress is not None:
                 self._progress.advance(task, 1)
-        self._line(f"    {position} {message}".rstrip())
+                self._progress.refresh()  # the count under the new line, not the last snapshot
+        self._line(f"    {position} {message}" if position else f"    {message}")
 
     def steps_finished(self, key: str, summary: str = "") -> None:
         with self._lock:

@@ -417,7 +417,7 @@ def test_terminal_shows_live_progress_stage_by_stage(
     one_match(table, re.compile(r"^ status\s+indexed$"))
     one_match(table, re.compile(r"^ platforms\s+linux/amd64$"))
     one_match(table, re.compile(rf"^ index linux/amd64\s+{index_digest}$"))
-    one_match(table, re.compile(r"^\s+1 zTOCs; 1 layers indexed \(2\.0 MiB\), 1 skipped \(100\.\d KiB\)$"))
+    one_match(table, re.compile(r"^\s+1 zTOC; 1 layer indexed \(2\.0 MiB\), 1 skipped \(100\.\d KiB\)$"))
 
 
 def plain_stderr(registry: RegistryServer, ref: Reference, soci_bin: str, work: Path, how: str) -> str:
