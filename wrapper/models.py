@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import platform as _platform
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from wrapper.errors import UsageError
+from wrapper.errors import RegistryError, UsageError
 
 # Media types -----------------------------------------------------------------------------------------
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -102,6 +103,14 @@ class Platform:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
 
 
+# The hint of a malformed descriptor: the image (or index) was written by a broken tool.
+_BAD_IMAGE = "the image's manifest is malformed; rebuild and push it with a current docker, buildx or crane"
+
+
+def _excerpt(data: object) -> str:
+    return json.dumps(data, default=str)[:120]
+
+
 def _norm_variant(arch: str, variant: str) -> str:
     if arch == "arm64" and variant in ("", "v8"):
         return ""
@@ -121,11 +130,23 @@ class Descriptor:
 
     @classmethod
     def from_oci(cls, data: dict[str, Any]) -> Descriptor:
+        """The descriptor of a JSON object; RegistryError when it is not one (no digest, no size)."""
+        if not isinstance(data, dict):
+            raise RegistryError(
+                f"invalid content descriptor {_excerpt(data)}: not a JSON object", hint=_BAD_IMAGE
+            )
+        digest, size = data.get("digest"), data.get("size")
+        if not isinstance(digest, str) or not digest:
+            raise RegistryError(f"invalid content descriptor {_excerpt(data)}: no digest", hint=_BAD_IMAGE)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise RegistryError(
+                f"invalid content descriptor {_excerpt(data)}: no valid size", hint=_BAD_IMAGE
+            )
         plat = data.get("platform")
         return cls(
             media_type=str(data.get("mediaType", "")),
-            digest=str(data["digest"]),
-            size=int(data["size"]),
+            digest=digest,
+            size=size,
             annotations=dict(data.get("annotations") or {}),
             platform=Platform.from_oci(plat) if isinstance(plat, dict) else None,
             artifact_type=str(data.get("artifactType", "")),

@@ -18,6 +18,11 @@ _HOST_RE = re.compile(rf"^(?:{_HOST_LABEL}(?:\.{_HOST_LABEL})*|\[[0-9a-fA-F:.]+\
 _PATH_COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 _TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
 _MAX_NAME_LENGTH = 255
+_MAX_TAG_LENGTH = 128
+# What to do about a malformed reference, a tag or a repository name (the hint of their UsageErrors).
+_REFERENCE_HINT = "use host[:port]/repository[:tag][@sha256:...], e.g. registry.example.com/team/app:1.4"
+_TAG_HINT = "up to 128 letters, digits, '_', '.', '-', not starting with '.' or '-'"
+_NAME_HINT = "lowercase letters and digits, separated by '.', '_', '__', '-' or '/'"
 
 _ECR_HOST_RE = re.compile(
     r"^(?P<account>[0-9]{12})\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$"
@@ -50,10 +55,7 @@ class Reference:
             raise UsageError(f"invalid registry host {self.registry!r}")
         _check_repository(self.repository, self.repository)
         if self.tag is not None and not _TAG_RE.match(self.tag):
-            raise UsageError(
-                f"invalid tag {self.tag!r}",
-                hint="up to 128 letters, digits, '_', '.', '-', not starting with '.' or '-'",
-            )
+            raise UsageError(f"invalid tag {self.tag!r}{_tag_problem(self.tag)}", hint=_TAG_HINT)
         if self.digest is not None:
             validate_digest(self.digest)
 
@@ -69,9 +71,18 @@ class Reference:
         original = text
         text = text.strip()
         if not text:
-            raise UsageError("invalid image reference: empty")
+            raise UsageError("invalid image reference: empty", hint=_REFERENCE_HINT)
         if any(c.isspace() for c in text):
-            raise UsageError(f"invalid image reference {original!r}: contains whitespace")
+            raise UsageError(
+                f"invalid image reference {original!r}: contains whitespace", hint=_REFERENCE_HINT
+            )
+        if "://" in text:
+            scheme = text.split("://", 1)[0]
+            plain = "; pass --plain-http for a plain-HTTP registry" if scheme.lower() == "http" else ""
+            raise UsageError(
+                f"invalid image reference {original!r}: a reference has no URL scheme",
+                hint=f"leave out '{scheme}://'{plain}",
+            )
         digest: str | None = None
         if "@" in text:
             text, digest = text.split("@", 1)
@@ -86,14 +97,22 @@ class Reference:
         if colon > slash:
             text, tag = text[:colon], text[colon + 1 :]
             if not _TAG_RE.match(tag):
-                raise UsageError(f"invalid image reference {original!r}: invalid tag {tag!r}")
+                raise UsageError(
+                    f"invalid image reference {original!r}: invalid tag {tag!r}{_tag_problem(tag)}",
+                    hint=_TAG_HINT,
+                )
         if not text:
-            raise UsageError(f"invalid image reference {original!r}: missing repository name")
+            raise UsageError(
+                f"invalid image reference {original!r}: missing repository name", hint=_REFERENCE_HINT
+            )
         first, sep, rest = text.partition("/")
         if sep and _looks_like_registry(first):
             registry, repository = first, rest
             if not _HOST_RE.match(registry):
-                raise UsageError(f"invalid image reference {original!r}: invalid registry host {registry!r}")
+                raise UsageError(
+                    f"invalid image reference {original!r}: invalid registry host {registry!r}",
+                    hint=_REFERENCE_HINT,
+                )
         else:
             registry, repository = DOCKER_HUB, text
         registry = normalize_host(registry)
@@ -164,9 +183,14 @@ def ecr_host_info(host: str) -> tuple[str, str] | None:
 
 def _check_repository(repository: str, original: str) -> None:
     if not repository:
-        raise UsageError(f"invalid image reference {original!r}: missing repository name")
+        raise UsageError(
+            f"invalid image reference {original!r}: missing repository name", hint=_REFERENCE_HINT
+        )
     if len(repository) > _MAX_NAME_LENGTH:
-        raise UsageError(f"invalid image reference {original!r}: repository name longer than 255 characters")
+        raise UsageError(
+            f"invalid image reference {original!r}: repository name longer than 255 characters",
+            hint=_NAME_HINT,
+        )
     for component in repository.split("/"):
         if not _PATH_COMPONENT_RE.match(component):
             if component.lower() != component:
@@ -175,4 +199,9 @@ def _check_repository(repository: str, original: str) -> None:
                 reason = "empty path component"
             else:
                 reason = f"invalid path component {component!r}"
-            raise UsageError(f"invalid image reference {original!r}: {reason}")
+            raise UsageError(f"invalid image reference {original!r}: {reason}", hint=_NAME_HINT)
+
+
+def _tag_problem(tag: str) -> str:
+    """Why an invalid tag is invalid, when its length is the reason."""
+    return f": longer than {_MAX_TAG_LENGTH} characters" if len(tag) > _MAX_TAG_LENGTH else ""
