@@ -14,6 +14,7 @@
 #   4. .venv with the project installed editable and its test extras.
 #
 # Environment: SOCI_WRAPPER_SKIP_APT=1 skips step 1 (for machines where the packages come another way);
+# SOCI_WRAPPER_RUNTIME_ONLY=1 (CodeBuild, buildspec.yml) skips step 3 and the test dependencies;
 # SOCI_BIN names a soci to use; SOCI_SOURCE names the soci source tarball (default: ../shared/third_party/...);
 # ZOT_SOURCE names the zot source tarball (default: ../shared/third_party/zot/...).
 set -euo pipefail
@@ -201,6 +202,7 @@ tool_install() {
   fi
 }
 
+if [[ "${SOCI_WRAPPER_RUNTIME_ONLY:-}" != 1 ]]; then
 # a. containerd 2.x. The ldflags are what containerd's Makefile stamps (`containerd --version`, Version RPC).
 CONTAINERD2_VERSION="$CONTAINERD2_VERSION" CONTAINERD2_COMMIT="$CONTAINERD2_COMMIT" \
   tool_build containerd "$CONTAINERD2_VERSION" containerd containerd2_ok '
@@ -237,6 +239,7 @@ if [[ -z "$tool_error" ]]; then
       go build -trimpath -o "$OUT/zot" -ldflags "-X $info.ReleaseTag=$ZOT_VERSION -X $info.Commit=$ZOT_VERSION-$ZOT_COMMIT -X $info.BinaryType=minimal -X $info.GoVersion=$(go env GOVERSION) -s -w" ./cmd/zot' || true
 fi
 tool_install zot "$ZOT_VERSION" zot .deps/bin/zot .deps/zot-build-error.txt
+fi
 
 # --- 4. Python environment --------------------------------------------------------------------------------
 py="${PYTHON:-python3}"
@@ -245,11 +248,12 @@ if [[ ! -x .venv/bin/python ]]; then
   "$py" -m venv .venv
 fi
 stamp=".venv/.soci-wrapper-installed"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+target=".[test]"; [[ "${SOCI_WRAPPER_RUNTIME_ONLY:-}" == 1 ]] && target="."
+want="$(sha256sum pyproject.toml | cut -d' ' -f1) $target"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
-  log "installing soci-wrapper and its test dependencies into .venv"
+  log "installing soci-wrapper ($target) into .venv"
   pip_log="$(mktemp)"
-  if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e ".[test]"; } \
+  if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e "$target"; } \
        >"$pip_log" 2>&1; then
     cat "$pip_log" >&2; rm -f "$pip_log"
     log "ERROR: pip install failed"; exit 1
