@@ -99,7 +99,8 @@ def test_rich_reporter_closes_each_stage_before_the_next() -> None:
     spinners = stages_showing(states, spinner_row("soci create linux/amd64"))
     assert set(spinners) == {"index"}, spinners
     counts = [re.search(r" (\d)/2 ", row) for row in spinners["index"]]
-    assert all(counts) and "1" in {m.group(1) for m in counts if m}, spinners  # the count moves with the steps
+    # the count moves with the steps
+    assert all(counts) and "1" in {m.group(1) for m in counts if m}, spinners
     final = states[-1]
     assert final[:2] == [
         "==> pull: registry/app (linux/amd64; 1 layers)",
