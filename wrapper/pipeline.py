@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import Literal
 
 from wrapper.containerd.client import ContainerdClient
-from wrapper.containerd.daemon import MISSING_MESSAGE, AttachedContainerd, ManagedContainerd, find_containerd
+from wrapper.containerd.daemon import (
+    MISSING_MESSAGE,
+    AttachedContainerd,
+    ManagedContainerd,
+    containerd_binary_version,
+    find_containerd,
+)
 from wrapper.errors import (
     AuthError,
     ContainerdError,
@@ -69,7 +75,7 @@ from wrapper.reuse import (
     stage_for_soci,
     ztocs_of_index,
 )
-from wrapper.soci import PushAuth, Soci, SociEvent, check_soci
+from wrapper.soci import PushAuth, Soci, SociEvent, check_soci, unindexable_reason
 
 log = logging.getLogger("wrapper.pipeline")
 
@@ -146,9 +152,11 @@ def check_containerd(options: DaemonOptions) -> None:
     if options.containerd_address:
         AttachedContainerd(options.containerd_address).start()  # the socket exists and answers Version
         return
-    if find_containerd(options.containerd_bin) is None:
+    binary = find_containerd(options.containerd_bin)
+    if binary is None:
         where = "" if options.containerd_bin == "containerd" else f" (looked for {options.containerd_bin})"
         raise MissingDependencyError(MISSING_MESSAGE + where)
+    containerd_binary_version(binary)  # a program that is not containerd: exit 9 now, not after the pull
     if os.geteuid() != 0:
         raise ContainerdError(
             "starting a private containerd needs root",
@@ -276,7 +284,8 @@ def run_index(
                         layer.digest: layer
                         for sel in image.selected
                         for layer in sel.layers
-                        if layer.size >= request.pull.min_layer_size
+                        if unindexable_reason(layer.media_type, layer.size, request.pull.min_layer_size)
+                        is None
                     }
                     span = request.span_size or DEFAULT_SPAN_SIZE
                     reusable = find_reusable(registry, large, span, request.reuse, run_dir / "reuse")
@@ -284,8 +293,15 @@ def run_index(
                     reporter.info(
                         f"    {len(reusable)} of {len(large)} zTOCs found; their layers are not pulled"
                     )
-            # Layers whose zTOCs are reused are not pulled: soci never reads them.
-            pull_options = dataclasses.replace(request.pull, skip_layers=frozenset(reusable))
+            # Layers whose zTOCs are reused, and layers soci cannot index (zstd), are not pulled: soci never
+            # reads them.
+            unreadable = {
+                layer.digest
+                for sel in image.selected
+                for layer in sel.layers
+                if "zstd" in (unindexable_reason(layer.media_type, layer.size, 0) or "")
+            }
+            pull_options = dataclasses.replace(request.pull, skip_layers=frozenset(reusable) | unreadable)
             with stages("pull", announce=False):  # the puller announces itself, with what it fetches
                 pulled = Puller(registry, client, pull_options, reporter).run(image)
             report.pull = pulled.summary()
@@ -339,24 +355,35 @@ def _push_auth(registry: RegistryClient, ref: Reference) -> PushAuth:
 def _only_indexable(
     image: ResolvedImage, min_layer_size: int, report: IndexReport, reporter: Reporter
 ) -> ResolvedImage:
-    """``image`` narrowed to the platforms with a layer of at least ``min_layer_size`` (soci indexes a layer
-    of exactly the minimum); the others are reported. NothingToIndexError when no platform is left."""
+    """``image`` narrowed to the platforms with a layer soci would index (see soci.unindexable_reason); the
+    others are reported. NothingToIndexError, with each layer's reason, when no platform is left."""
     keep: list[PlatformImage] = []
+    reasons: dict[str, str] = {}
     for sel in image.selected:
-        if any(layer.size >= min_layer_size for layer in sel.layers):
+        why = {x.digest: unindexable_reason(x.media_type, x.size, min_layer_size) for x in sel.layers}
+        if any(reason is None for reason in why.values()):
             keep.append(sel)
             continue
-        reason = f"every layer is under --min-layer-size ({human_size(min_layer_size)})"
+        reasons.update({digest: reason for digest, reason in why.items() if reason})
+        zstd = any("zstd" in reason for reason in why.values() if reason)
+        reason = "every layer is under --min-layer-size" + (" or compressed with zstd" if zstd else "")
         report.not_indexed.append(PlatformSkipped(str(sel.platform), sel.manifest.digest, reason))
         if len(image.selected) > 1:
             reporter.warn(f"{sel.platform}: {reason}; no SOCI index")
     if not keep:
+        sizes = {x.digest: x.size for sel in image.selected for x in sel.layers}
+        for digest, reason in reasons.items():
+            reporter.info(
+                f"    skipped for layer {short_digest(digest)} ({human_size(sizes[digest])}): {reason}"
+            )
         chosen = ", ".join(str(sel.platform) for sel in image.selected)
         whose = "the image" if len(image.all_platforms) <= 1 else f"the selected platforms ({chosen})"
+        zstd = any("zstd" in reason for reason in reasons.values())
         raise NothingToIndexError(
             f"nothing to index: every layer of {whose} is smaller than the minimum layer size of "
-            f"{min_layer_size} bytes",
-            hint="lower --min-layer-size to index smaller layers",
+            f"{min_layer_size} bytes" + (" or compressed with zstd" if zstd else ""),
+            hint="lower --min-layer-size to index smaller layers"
+            + ("; soci v0.15.0 indexes gzip and uncompressed layers, not zstd" if zstd else ""),
         )
     return dataclasses.replace(image, selected=keep)
 

@@ -175,6 +175,17 @@ def soci_version(binary: str) -> str:
     return out.split("version", 1)[-1].strip()
 
 
+def unindexable_reason(media_type: str, size: int, min_layer_size: int) -> str | None:
+    """Why soci would make no zTOC for a layer, known from its descriptor alone; None if it would make one.
+    soci v0.15.0 skips layers smaller than --min-layer-size (one of exactly the minimum is indexed) and layers
+    that are neither gzip nor uncompressed tar (zstd), without reading them."""
+    if "zstd" in media_type:
+        return "compressed with zstd, which soci v0.15.0 cannot index"
+    if size < min_layer_size:
+        return f"under --min-layer-size ({min_layer_size} bytes)"
+    return None
+
+
 def check_soci(explicit: str | None) -> str:
     """The soci binary this run will use, checked before any network or daemon work.
 
@@ -495,8 +506,9 @@ def classify_failure(what: str, code: int, stderr: str, *, min_layer_size: int |
     if "no ztocs created" in low:
         size = f"{min_layer_size} bytes" if min_layer_size is not None else "10 MiB (soci's default)"
         err = NothingToIndexError(
-            f"nothing to index: every layer of the image is smaller than the minimum layer size of {size}",
-            hint="lower --min-layer-size to index smaller layers",
+            f"nothing to index: soci made no zTOC (every layer is under the minimum layer size of {size}, "
+            "or in a format it cannot index)",
+            hint="lower --min-layer-size to index smaller layers; soci indexes gzip and uncompressed layers",
         )
     elif "dial unix" in low:  # containerd's socket (our registries are reached over TCP)
         err = _as_soci(ContainerdError(f"{what}: cannot reach containerd: {last}"))

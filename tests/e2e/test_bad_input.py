@@ -607,7 +607,6 @@ CASES = [
         ExitCode.CONTAINERD,
         r"cannot reach containerd at .*containerd\.sock: not a unix socket",
         r"--containerd-address|containerd's socket",
-        xfail=f"wrapper/containerd/daemon.py AttachedContainerd.start: {NO_HINT}",
     ),
     Case(
         "containerd-bin-not-containerd",
@@ -615,8 +614,6 @@ CASES = [
         ExitCode.MISSING_DEPENDENCY,
         r"/bin/true is not (a )?containerd",
         r"--containerd-bin|install",
-        xfail="wrapper/pipeline.py check_containerd only looks for the file: exit 6 after the registry work, "
-        "not exit 9 before it like a soci that is not soci; and no hint",
     ),
     Case(
         "work-dir-is-a-file",
@@ -719,9 +716,6 @@ CASES = [
         r"nothing to index: .*zstd",
         r"gzip",
         stderr=r"skipped for layer [0-9a-f]{12} \(\d+\.\d KiB\): .*zstd",
-        xfail="wrapper/soci.py classify_failure: every 'no ztocs created' is reported as 'every layer of the "
-        "image is smaller than the minimum layer size of 32768 bytes (lower --min-layer-size ...)', which is "
-        "false for a 64 KiB zstd layer, and the hint does not help",
     ),
     # -- credentials -----------------------------------------------------------------------------------
     Case(

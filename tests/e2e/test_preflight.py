@@ -97,6 +97,7 @@ def test_attached_socket_missing(proxy: HttpProxy, soci_bin: str) -> None:
     )
     assert line == (
         "soci-wrapper: error: cannot reach containerd at /nonexistent.sock: the socket does not exist"
+        " (start containerd there, or leave out --containerd-address and soci-wrapper starts its own)"
     )
 
 

@@ -34,6 +34,7 @@ from wrapper.util import one_line
 
 log = logging.getLogger(__name__)
 
+ATTACH_HINT = "start containerd there, or leave out --containerd-address and soci-wrapper starts its own"
 MISSING_MESSAGE = "containerd not found: install Debian's containerd package or run scripts/bootstrap.sh"
 
 # Longest path a unix socket can have on Linux (sun_path is 108 bytes including the final NUL).
@@ -111,7 +112,10 @@ def containerd_binary_version(path: str) -> str:
     match = re.match(r"containerd\s+\S+\s+v?(\S+)", proc.stdout.strip())
     if proc.returncode != 0 or not match:
         output = one_line(proc.stdout + proc.stderr)[:200]
-        raise MissingDependencyError(f"{path} --version gave no containerd version: {output!r}")
+        raise MissingDependencyError(
+            f"{path} is not containerd: its --version says {output!r}",
+            hint="install Debian's containerd package, or pass --containerd-bin the containerd program",
+        )
     return match.group(1)
 
 
@@ -405,11 +409,13 @@ class AttachedContainerd:
         try:
             mode = os.stat(path).st_mode
         except FileNotFoundError:
-            raise ContainerdError(f"cannot reach containerd at {path}: the socket does not exist") from None
+            raise ContainerdError(
+                f"cannot reach containerd at {path}: the socket does not exist", hint=ATTACH_HINT
+            ) from None
         except OSError as exc:
             raise ContainerdError(f"cannot reach containerd at {path}: {exc.strerror or exc}") from None
         if not stat.S_ISSOCK(mode):
-            raise ContainerdError(f"cannot reach containerd at {path}: not a unix socket")
+            raise ContainerdError(f"cannot reach containerd at {path}: not a unix socket", hint=ATTACH_HINT)
         conn = Connection(path, "default", timeout=self.start_timeout)
         try:
             # Through the client's error mapping, so refused/permission errors read the same everywhere.
