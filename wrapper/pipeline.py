@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -32,20 +29,10 @@ from wrapper.containerd.daemon import (
     containerd_binary_version,
     find_containerd,
 )
-from wrapper.errors import (
-    AuthError,
-    ContainerdError,
-    MissingDependencyError,
-    NothingToIndexError,
-    SociError,
-    UsageError,
-)
+from wrapper.errors import AuthError, ContainerdError, MissingDependencyError, NothingToIndexError, UsageError
 from wrapper.existing import find_existing_indexes, soci_artifact
-from wrapper.models import (
-    SOCI_INDEX_V2,
-    Descriptor,
-    Platform,
-)
+from wrapper.indexing import Indexing
+from wrapper.options import DaemonOptions, IndexRequest, RegistryOptions
 from wrapper.progress import QuietReporter, Reporter, human_size, short_digest
 from wrapper.pull import (
     DEFAULT_MIN_LAYER_SIZE,
@@ -56,94 +43,16 @@ from wrapper.pull import (
     ResolvedImage,
     resolve_image,
 )
-from wrapper.push import ImagePusher
 from wrapper.registry.auth import Credentials, CredentialStore
 from wrapper.registry.client import RegistryClient
 from wrapper.registry.reference import Reference
-from wrapper.report import (
-    IndexReport,
-    LayerEvents,
-    PlatformSkipped,
-    describe_index,
-)
-from wrapper.reuse import (
-    DEFAULT_SPAN_SIZE,
-    Reusable,
-    ReuseOptions,
-    find_reusable,
-    remember,
-    stage_for_soci,
-    ztocs_of_index,
-)
-from wrapper.soci import PushAuth, Soci, SociEvent, check_soci, unindexable_reason
+from wrapper.report import IndexReport, PlatformSkipped, Stages
+from wrapper.reuse import DEFAULT_SPAN_SIZE, Reusable, find_reusable
+from wrapper.soci import PushAuth, Soci, check_soci, unindexable_reason
 
 log = logging.getLogger("wrapper.pipeline")
 
 SociVersion = Literal["V1", "V2"]
-
-
-# -- requests ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RegistryOptions:
-    """How to reach and authenticate to registries."""
-
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    docker_config: Path | None = None
-    ca_file: str | None = None
-    plain_http: bool = False
-    endpoint_overrides: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True)
-class DaemonOptions:
-    """Where containerd comes from, and where this run keeps its files."""
-
-    containerd_address: str | None = None  # attach to this socket instead of starting our own
-    containerd_bin: str = "containerd"
-    namespace: str = "soci-wrapper"
-    work_dir: Path | None = None  # a run directory is made inside it
-    keep_work_dir: bool = False
-
-
-@dataclass(frozen=True)
-class IndexRequest:
-    reference: Reference
-    soci_version: SociVersion = "V1"
-    output_tag: str | None = None
-    pull: PullOptions = field(default_factory=PullOptions)
-    span_size: int | None = None
-    force: bool = False
-    soci_bin: str | None = None
-    soci_timeout: float = 3600.0
-    debug: bool = False
-    reuse: ReuseOptions = field(default_factory=ReuseOptions)
-
-    def __post_init__(self) -> None:
-        if self.soci_version == "V2" and not self.output_tag:
-            raise UsageError(
-                "--soci-version V2 needs --output-tag", hint="name the tag for the SOCI-enabled image"
-            )
-        if self.span_size is not None and self.span_size <= 0:
-            raise UsageError("--span-size must be a positive number of bytes")
-
-
-class Stages:
-    """Times each stage and tells the reporter when one starts."""
-
-    def __init__(self, reporter: Reporter) -> None:
-        self.reporter = reporter
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, name: str, detail: str = "", *, announce: bool = True) -> Iterator[None]:
-        if announce:
-            self.reporter.stage(name, detail)
-        started = time.monotonic()
-        try:
-            yield
-        finally:
-            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.monotonic() - started, 3)
 
 
 # -- building blocks ---------------------------------------------------------------------------------------
@@ -278,21 +187,9 @@ def run_index(
             with stages("containerd"):
                 client = daemon.enter_context(containerd_session(daemon_options, run_dir))
             reusable: dict[str, Reusable] = {}
-            if push_auth is not None and request.reuse.enabled:
+            if request.reuse.enabled:
                 with stages("reuse", "looking for zTOCs made before"):
-                    large = {
-                        layer.digest: layer
-                        for sel in image.selected
-                        for layer in sel.layers
-                        if unindexable_reason(layer.media_type, layer.size, request.pull.min_layer_size)
-                        is None
-                    }
-                    span = request.span_size or DEFAULT_SPAN_SIZE
-                    reusable = find_reusable(registry, large, span, request.reuse, run_dir / "reuse")
-                if reusable:
-                    reporter.info(
-                        f"    {len(reusable)} of {len(large)} zTOCs found; their layers are not pulled"
-                    )
+                    reusable = _find_reusable(registry, image, request, run_dir, reporter)
             # Layers whose zTOCs are reused, and layers soci cannot index (zstd), are not pulled: soci never
             # reads them.
             unreadable = {
@@ -313,14 +210,34 @@ def run_index(
                 tmp_dir=run_dir / "tmp",
                 timeout=request.soci_timeout,
                 debug=request.debug,
-                # v1: soci's own store keeps every platform's index (containerd's GC keeps only the last).
-                content_store="soci" if push_auth is not None else "containerd",
+                content_store="soci",  # see wrapper.indexing
             )
+            indexing = Indexing(request, pulled, soci, report, stages, reusable)
+            indexing.hand_over_reused()
             if push_auth is not None:
-                _index_v1(request, pulled, soci, push_auth, report, stages, reusable)
+                indexing.v1(push_auth)
             else:
-                _index_v2(request, pulled, soci, client, registry, report, stages, reporter)
+                indexing.v2(client, registry, image.index_body)
+            indexing.remember()
     return report
+
+
+def _find_reusable(
+    registry: RegistryClient, image: ResolvedImage, request: IndexRequest, run_dir: Path, reporter: Reporter
+) -> dict[str, Reusable]:
+    """zTOCs made before for the layers soci would index (see wrapper.reuse)."""
+    min_size = request.pull.min_layer_size
+    wanted = {
+        layer.digest: layer
+        for sel in image.selected
+        for layer in sel.layers
+        if unindexable_reason(layer.media_type, layer.size, min_size) is None
+    }
+    span = request.span_size or DEFAULT_SPAN_SIZE
+    found = find_reusable(registry, wanted, span, request.reuse, run_dir / "reuse")
+    if found:
+        reporter.info(f"    {len(found)} of {len(wanted)} zTOCs found; their layers are not pulled")
+    return found
 
 
 def _not_an_image(request: IndexRequest, digest: str, kind: str, stages: Stages) -> IndexReport:
@@ -386,152 +303,6 @@ def _only_indexable(
             + ("; soci v0.15.0 indexes gzip and uncompressed layers, not zstd" if zstd else ""),
         )
     return dataclasses.replace(image, selected=keep)
-
-
-def _index_v1(
-    request: IndexRequest,
-    pulled: PullResult,
-    soci: Soci,
-    push_auth: PushAuth,
-    report: IndexReport,
-    stages: Stages,
-    reusable: dict[str, Reusable],
-) -> None:
-    # zTOCs found elsewhere go into soci's store with an index that carries them; rebuild-db records them.
-    for image in pulled.selected:
-        stage_for_soci(
-            soci.root, image.manifest, [reusable[x.digest] for x in image.layers if x.digest in reusable]
-        )
-    if reusable:
-        soci.rebuild_db()
-    sources = {digest: item.source for digest, item in reusable.items()}
-    # One `soci create` per platform: soci stops at the first platform with nothing to index (a layer format
-    # it cannot read, say), which should not keep the other platforms from getting their index.
-    reporter = stages.reporter
-    indexed: list[Platform] = []
-    nothing: NothingToIndexError | None = None
-    with stages("index", "soci create (SOCI index manifest v1)"):
-        for image in pulled.selected:
-            key = f"create {image.platform}"
-            events = LayerEvents(reporter, key, image)
-            reporter.steps_started(key, f"soci create {image.platform}", total=len(image.layers))
-            try:
-                soci.create(
-                    pulled.image_name,
-                    platforms=[image.platform],
-                    span_size=request.span_size,
-                    min_layer_size=request.pull.min_layer_size,
-                    force=request.force,
-                    on_event=events,
-                )
-            except NothingToIndexError as exc:
-                reporter.steps_finished(key, "no zTOC")
-                nothing = nothing or exc
-                reason = "soci made no zTOC (no layer it can index)"
-                report.not_indexed.append(PlatformSkipped(str(image.platform), image.manifest.digest, reason))
-                reporter.warn(f"{image.platform}: {reason}; no SOCI index")
-                continue
-            reporter.steps_finished(key, events.summary())
-            digests = soci.index_digests(pulled.image_name, image.platform)
-            if not digests:
-                raise SociError(f"soci create succeeded but recorded no index for {image.platform}")
-            report.indexes.append(
-                describe_index(soci.read_blob(digests[0]), digests[0], image, events, sources)
-            )
-            indexed.append(image.platform)
-    if not indexed:
-        assert nothing is not None
-        raise nothing
-    with stages("push", f"soci push to {pulled.reference.registry}"):
-        key = "push"
-        reporter.steps_started(key, "soci push")
-
-        def on_push(event: SociEvent) -> None:
-            if event.kind == "retry":
-                reporter.warn(f"soci push: {event.detail}")
-            elif event.kind in ("uploaded", "exists"):
-                verb = "pushed" if event.kind == "uploaded" else "already there"
-                reporter.step(key, f"{verb} {short_digest(event.digest)}")
-
-        outcome = soci.push(pulled.image_name, push_auth, platforms=indexed, on_event=on_push)
-        reporter.steps_finished(key, f"{outcome.attempts} attempt{'s' if outcome.attempts > 1 else ''}")
-    report.push = {"tool": "soci push", "attempts": outcome.attempts, "seconds": outcome.seconds}
-    blobs = soci.root / "content" / "blobs" / "sha256"
-    remember(
-        request.reuse,
-        [
-            (ztoc, blobs / ztoc.digest.removeprefix("sha256:"))
-            for idx in report.indexes
-            for ztoc in ztocs_of_index(json.loads(soci.read_blob(idx.soci_index_digest)))
-        ],
-    )
-
-
-def _index_v2(
-    request: IndexRequest,
-    pulled: PullResult,
-    soci: Soci,
-    client: ContainerdClient,
-    registry: RegistryClient,
-    report: IndexReport,
-    stages: Stages,
-    reporter: Reporter,
-) -> None:
-    assert request.output_tag
-    ref = pulled.reference
-    dest = Reference(ref.registry, ref.repository, tag=request.output_tag)
-    with stages("index", "soci convert (SOCI index manifest v2)"):
-        key = "convert"
-        by_layer = {layer.digest: image for image in pulled.selected for layer in image.layers}
-        events = {str(image.platform): LayerEvents(reporter, key, image) for image in pulled.selected}
-
-        def on_event(event: SociEvent) -> None:
-            image = by_layer.get(event.digest)
-            if image is not None:
-                events[str(image.platform)](event)
-
-        reporter.steps_started(key, "soci convert", total=len(by_layer))
-        soci.convert(
-            pulled.image_name,
-            str(dest),
-            platforms=[p.platform for p in pulled.selected],
-            span_size=request.span_size,
-            min_layer_size=request.pull.min_layer_size,
-            on_event=on_event,
-        )
-        reporter.steps_finished(key, "; ".join(f"{p}: {e.summary()}" for p, e in events.items()))
-        converted = client.images.get(str(dest)).target
-        entries = [Descriptor.from_oci(m) for m in json.loads(_read(client, converted)).get("manifests", [])]
-        for image in pulled.selected:
-            soci_entry = next(
-                (
-                    e
-                    for e in entries
-                    if e.artifact_type == SOCI_INDEX_V2 and e.platform and image.platform.matches(e.platform)
-                ),
-                None,
-            )
-            if soci_entry is None:  # soci convert leaves out platforms with nothing it can index
-                reason = "soci made no zTOC (no layer it can index)"
-                report.not_indexed.append(PlatformSkipped(str(image.platform), image.manifest.digest, reason))
-                reporter.warn(f"{image.platform}: {reason}; no SOCI index")
-                continue
-            body = _read(client, soci_entry)
-            report.indexes.append(describe_index(body, soci_entry.digest, image, events[str(image.platform)]))
-    with stages("push", f"{dest}"):
-        pushed = ImagePusher(client, registry, reporter=reporter).push(str(dest), dest)
-    report.pushed_tag = request.output_tag
-    report.output_digest = pushed.digest
-    report.push = {
-        "tool": "soci-wrapper",
-        "blobs_uploaded": len(pushed.blobs_uploaded),
-        "blobs_skipped": len(pushed.blobs_skipped),
-        "bytes_uploaded": pushed.bytes_uploaded,
-    }
-
-
-def _read(client: ContainerdClient, desc: Descriptor) -> bytes:
-    return b"".join(client.content.read(desc.digest))
 
 
 # Re-exported for the CLI.

@@ -3,7 +3,10 @@ these dataclasses as they are), and the collector that turns soci's events into 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -128,3 +131,21 @@ def describe_index(
             reason = event.detail if event is not None and event.detail else "under --min-layer-size"
             out.layers.append(LayerReport(layer.digest, layer.size, "skipped", reason=reason))
     return out
+
+
+class Stages:
+    """Times each stage and tells the reporter when one starts."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        self.reporter = reporter
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str, detail: str = "", *, announce: bool = True) -> Iterator[None]:
+        if announce:
+            self.reporter.stage(name, detail)
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.monotonic() - started, 3)

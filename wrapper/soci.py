@@ -266,18 +266,24 @@ class Soci:
         )
         return [line.strip() for line in out.splitlines() if _DIGEST_LINE.match(line.strip())]
 
+    def has_blob(self, digest: str) -> bool:
+        """Whether soci's own content store holds ``digest``."""
+        return self._blob_path(digest).is_file()
+
+    def _blob_path(self, digest: str) -> Path:
+        algorithm, _, hexdigest = digest.partition(":")
+        return self.root / "content" / "blobs" / algorithm / hexdigest
+
     def read_blob(self, digest: str) -> bytes:
         """A small blob (an index manifest) from soci's own content store."""
         if self.content_store != "soci":
             raise ValueError(
                 "read_blob reads soci's content store; use containerd's for --content-store containerd"
             )
-        algorithm, _, hexdigest = digest.partition(":")
-        path = self.root / "content" / "blobs" / algorithm / hexdigest
         try:
-            return path.read_bytes()
+            return self._blob_path(digest).read_bytes()
         except OSError as exc:
-            raise SociError(f"soci recorded index {digest} but its content store has no such blob") from exc
+            raise SociError(f"{digest} is not in soci's content store ({self.root / 'content'})") from exc
 
     def push(
         self,

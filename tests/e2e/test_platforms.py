@@ -396,3 +396,42 @@ def test_v2_two_platforms(
         p: i["soci_index_digest"] for p, i in found.items()
     }
     assert client.get_manifest(ref, tag).descriptor.digest == report["output_digest"]
+
+
+@pytest.mark.soci
+def test_v2_keeps_attestations_pointing_at_the_rewritten_manifests(
+    tmp_path: Path,
+    registry: RegistryServer,
+    client: RegistryClient,
+    soci_bin: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    """soci convert drops the attestation entries' annotations (and rewrites the manifests they refer to):
+    the SOCI-enabled image must still say which manifest each attestation is about."""
+    index = build_index(tmp_path, two_layers(seed_for(request)), platforms=(AMD64, ARM64), attestations=True)
+    ref = push(registry, client, "multi/v2-attested", index)
+    _, report = index_cli(
+        soci_bin,
+        ref,
+        "--all-platforms",
+        "--soci-version",
+        "V2",
+        "--output-tag",
+        "soci",
+        work=tmp_path / "work",
+    )
+    out = client.get_manifest(ref, "soci").json()["manifests"]
+    rewritten = {
+        str(Descriptor.from_oci(m).platform): m["digest"]
+        for m in out
+        if m.get("platform", {}).get("os") != "unknown" and m.get("artifactType") != SOCI_INDEX_V2
+    }
+    attestations = [m for m in out if (m.get("annotations") or {}).get(REFERENCE_TYPE_ANNOTATION)]
+    assert len(attestations) == 2
+    for image, attestation in zip(index.images, index.attestations, strict=True):
+        entry = next(m for m in attestations if m["digest"] == attestation.digest)
+        assert entry["annotations"][REFERENCE_TYPE_ANNOTATION] == ATTESTATION_MANIFEST
+        assert entry["annotations"][REFERENCE_DIGEST_ANNOTATION] == rewritten[str(image.platform)]
+        assert rewritten[str(image.platform)] != image.digest  # convert did rewrite it
+        assert client.get_manifest(ref, attestation.digest).descriptor.digest == attestation.digest
+    assert client.get_manifest(ref, "soci").descriptor.digest == report["output_digest"]

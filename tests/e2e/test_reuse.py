@@ -181,3 +181,37 @@ def test_two_runs_share_a_cache(
     assert len(results) == 2
     assert len(list((cache / "blobs" / "sha256").iterdir())) == 4  # 2 shared + 1 each
     assert not [p for p in (cache / "blobs" / "sha256").iterdir() if p.name.startswith(".")]
+
+
+def test_v2_reuse_from_the_cache_and_from_a_soci_enabled_image(
+    tmp_path: Path, registry: RegistryServer, client: RegistryClient, soci_bin: str, request
+) -> None:
+    first, second = two_builds(tmp_path, seed_for(request))
+    ref1 = push(registry, client, "reuse/v2", first)
+    ref2 = push(registry, client, "reuse/v2", second)
+    cache = tmp_path / "cache"
+    v2 = ("--soci-version", "V2")
+    index(soci_bin, ref1, tmp_path / "w", *v2, "--output-tag", "build1-soci", "--cache-dir", str(cache))
+
+    from_cache = index(
+        soci_bin, ref2, tmp_path / "w", *v2, "--output-tag", "build2-soci", "--cache-dir", str(cache)
+    )
+    got = layers(from_cache)
+    assert [got[x.digest]["source"] for x in second.layers[:2]] == ["cache", "cache"]
+    assert got[second.layers[3].digest]["status"] == "built"
+    assert pulled(from_cache) == {second.layers[3].digest}
+
+    previous = Reference(ref1.registry, ref1.repository, tag="build1-soci")
+    from_registry = index(
+        soci_bin, ref2, tmp_path / "w", *v2, "--output-tag", "build2b-soci", "--reuse-from", str(previous)
+    )
+    got = layers(from_registry)
+    assert [got[x.digest]["source"] for x in second.layers[:2]] == [f"registry {previous}"] * 2
+
+    scratch = index(
+        soci_bin, ref2, tmp_path / "w", *v2, "--output-tag", "build2c-soci", "--force", "--no-reuse"
+    )
+    expected = ztoc_list(client, ref2, scratch)
+    assert ztoc_list(client, ref2, from_cache) == expected == ztoc_list(client, ref2, from_registry)
+    digests = {r["indexes"][0]["soci_index_digest"] for r in (from_cache, from_registry, scratch)}
+    assert len(digests) == 1  # the same SOCI index, whichever way its zTOCs came

@@ -1,0 +1,188 @@
+"""The index and push stages: the real soci makes every index, in its own content store.
+
+* V1: one ``soci create`` per platform, then ``soci push`` (retried when it fails for a transient reason).
+* V2: ``soci convert``, then the SOCI-enabled image is brought into containerd (wrapper.converted) and pushed
+  by the project's own push (wrapper.push): blobs first, manifests, the tag last.
+
+Both use soci's content store (``--content-store soci``): with containerd's, soci v0.15.0 loses every
+platform's v1 index but the last to containerd's garbage collector, and only there can ``soci rebuild-db``
+hand soci zTOCs reused from elsewhere (wrapper.reuse).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from wrapper.containerd.client import ContainerdClient
+from wrapper.converted import bring_into_containerd, restore_attestations
+from wrapper.errors import NothingToIndexError, SociError
+from wrapper.models import SOCI_INDEX_V2, Descriptor, Platform
+from wrapper.options import IndexRequest
+from wrapper.progress import short_digest
+from wrapper.pull import PullResult
+from wrapper.push import ImagePusher
+from wrapper.registry.client import RegistryClient
+from wrapper.registry.reference import Reference
+from wrapper.report import IndexReport, LayerEvents, PlatformSkipped, Stages, describe_index
+from wrapper.reuse import Reusable, remember, stage_for_soci, ztocs_of_index
+from wrapper.soci import PushAuth, Soci, SociEvent
+
+NO_ZTOC = "soci made no zTOC (no layer it can index)"
+
+
+@dataclass
+class Indexing:
+    """One run's index and push stages, over what the pull brought into containerd."""
+
+    request: IndexRequest
+    pulled: PullResult
+    soci: Soci
+    report: IndexReport
+    stages: Stages
+    reusable: dict[str, Reusable]
+
+    def hand_over_reused(self) -> None:
+        """zTOCs found elsewhere go into soci's store with an index that carries them (one per platform, its
+        subject that platform's manifest); ``soci rebuild-db`` records them for create and convert."""
+        for image in self.pulled.selected:
+            mine = [self.reusable[x.digest] for x in image.layers if x.digest in self.reusable]
+            stage_for_soci(self.soci.root, image.manifest, mine)
+        if self.reusable:
+            self.soci.rebuild_db()
+
+    def remember(self) -> None:
+        """After the push: keep this run's zTOCs in the cache, if there is one."""
+        blobs = self.soci.root / "content" / "blobs" / "sha256"
+        remember(
+            self.request.reuse,
+            [
+                (ztoc, blobs / ztoc.digest.removeprefix("sha256:"))
+                for idx in self.report.indexes
+                for ztoc in ztocs_of_index(json.loads(self.soci.read_blob(idx.soci_index_digest)))
+            ],
+        )
+
+    @property
+    def _sources(self) -> dict[str, str]:
+        return {digest: item.source for digest, item in self.reusable.items()}
+
+    def _no_index(self, platform: Platform, manifest: str) -> None:
+        self.report.not_indexed.append(PlatformSkipped(str(platform), manifest, NO_ZTOC))
+        self.stages.reporter.warn(f"{platform}: {NO_ZTOC}; no SOCI index")
+
+    # -- V1 ----------------------------------------------------------------------------------------------
+    def v1(self, push_auth: PushAuth) -> None:
+        # One `soci create` per platform: soci stops at the first platform with nothing to index (a layer
+        # format it cannot read, say), which should not keep the other platforms from getting their index.
+        request, pulled, soci, reporter = self.request, self.pulled, self.soci, self.stages.reporter
+        indexed: list[Platform] = []
+        nothing: NothingToIndexError | None = None
+        with self.stages("index", "soci create (SOCI index manifest v1)"):
+            for image in pulled.selected:
+                key = f"create {image.platform}"
+                events = LayerEvents(reporter, key, image)
+                reporter.steps_started(key, f"soci create {image.platform}", total=len(image.layers))
+                try:
+                    soci.create(
+                        pulled.image_name,
+                        platforms=[image.platform],
+                        span_size=request.span_size,
+                        min_layer_size=request.pull.min_layer_size,
+                        force=request.force,
+                        on_event=events,
+                    )
+                except NothingToIndexError as exc:
+                    reporter.steps_finished(key, "no zTOC")
+                    nothing = nothing or exc
+                    self._no_index(image.platform, image.manifest.digest)
+                    continue
+                reporter.steps_finished(key, events.summary())
+                digests = soci.index_digests(pulled.image_name, image.platform)
+                if not digests:
+                    raise SociError(f"soci create succeeded but recorded no index for {image.platform}")
+                body = soci.read_blob(digests[0])
+                self.report.indexes.append(describe_index(body, digests[0], image, events, self._sources))
+                indexed.append(image.platform)
+        if not indexed:
+            assert nothing is not None
+            raise nothing
+        with self.stages("push", f"soci push to {pulled.reference.registry}"):
+            key = "push"
+            reporter.steps_started(key, "soci push")
+
+            def on_push(event: SociEvent) -> None:
+                if event.kind == "retry":
+                    reporter.warn(f"soci push: {event.detail}")
+                elif event.kind in ("uploaded", "exists"):
+                    verb = "pushed" if event.kind == "uploaded" else "already there"
+                    reporter.step(key, f"{verb} {short_digest(event.digest)}")
+
+            outcome = soci.push(pulled.image_name, push_auth, platforms=indexed, on_event=on_push)
+            reporter.steps_finished(key, f"{outcome.attempts} attempt{'s' if outcome.attempts > 1 else ''}")
+        self.report.push = {"tool": "soci push", "attempts": outcome.attempts, "seconds": outcome.seconds}
+
+    # -- V2 ----------------------------------------------------------------------------------------------
+    def v2(self, client: ContainerdClient, registry: RegistryClient, original_index: bytes | None) -> None:
+        request, pulled, soci, reporter = self.request, self.pulled, self.soci, self.stages.reporter
+        assert request.output_tag
+        ref = pulled.reference
+        dest = Reference(ref.registry, ref.repository, tag=request.output_tag)
+        # The converted image is written to containerd under this lease: nothing of it is collected before
+        # the image record references it all.
+        with client.lease():
+            with self.stages("index", "soci convert (SOCI index manifest v2)"):
+                key = "convert"
+                by_layer = {layer.digest: image for image in pulled.selected for layer in image.layers}
+                events = {str(image.platform): LayerEvents(reporter, key, image) for image in pulled.selected}
+
+                def on_event(event: SociEvent) -> None:
+                    image = by_layer.get(event.digest)
+                    if image is not None:
+                        events[str(image.platform)](event)
+
+                reporter.steps_started(key, "soci convert", total=len(by_layer))
+                soci.convert(
+                    pulled.image_name,
+                    str(dest),
+                    platforms=[p.platform for p in pulled.selected],
+                    span_size=request.span_size,
+                    min_layer_size=request.pull.min_layer_size,
+                    on_event=on_event,
+                )
+                reporter.steps_finished(key, "; ".join(f"{p}: {e.summary()}" for p, e in events.items()))
+                converted = soci.read_blob(client.images.get(str(dest)).target.digest)
+                fixed = restore_attestations(original_index, converted)
+                bring_into_containerd(soci, client, str(dest), fixed)
+                entries = [
+                    Descriptor.from_oci(m) for m in json.loads(fixed or converted).get("manifests", [])
+                ]
+                for image in pulled.selected:
+                    soci_entry = next(
+                        (
+                            e
+                            for e in entries
+                            if e.artifact_type == SOCI_INDEX_V2
+                            and e.platform
+                            and image.platform.matches(e.platform)
+                        ),
+                        None,
+                    )
+                    if soci_entry is None:  # convert leaves out platforms with nothing it can index
+                        self._no_index(image.platform, image.manifest.digest)
+                        continue
+                    body = soci.read_blob(soci_entry.digest)
+                    platform_events = events[str(image.platform)]
+                    self.report.indexes.append(
+                        describe_index(body, soci_entry.digest, image, platform_events, self._sources)
+                    )
+            with self.stages("push", f"{dest}"):
+                pushed = ImagePusher(client, registry, reporter=reporter).push(str(dest), dest)
+        self.report.pushed_tag = request.output_tag
+        self.report.output_digest = pushed.digest
+        self.report.push = {
+            "tool": "soci-wrapper",
+            "blobs_uploaded": len(pushed.blobs_uploaded),
+            "blobs_skipped": len(pushed.blobs_skipped),
+            "bytes_uploaded": pushed.bytes_uploaded,
+        }
