@@ -42,6 +42,7 @@ exit codes:
   7    soci failed
   8    nothing to index: every layer is smaller than --min-layer-size
   9    a required program (containerd, soci) is missing
+  12   several images: at least one failed (each image's code and error are in the report)
   130  interrupted
 """
 
@@ -220,10 +221,20 @@ def build_parser() -> _Parser:
         epilog=EXIT_CODES_HELP + "\n" + ENV_HELP,
     )
     p.add_argument(
-        "image_ref",
-        nargs="?",
+        "image_refs",
+        nargs="*",
         metavar="IMAGE_REF",
-        help="e.g. registry.example.com/app:1.2 or ...@sha256:...",
+        help="e.g. registry.example.com/app:1.2 or ...@sha256:...; several: one containerd for all",
+    )
+    g = p.add_argument_group("many images")
+    g.add_argument(
+        "--from-file", metavar="FILE", help="image references, one per line ('-': standard input; # comments)"
+    )
+    g.add_argument(
+        "--max-concurrent-images",
+        type=int,
+        default=None,
+        help="images in flight at once when there are several (default: 2)",
     )
     g = p.add_argument_group("ECR image (instead of IMAGE_REF)")
     g.add_argument("--repo", help="ECR repository name")
@@ -294,7 +305,7 @@ def build_parser() -> _Parser:
 def _resolve_index_reference(args: argparse.Namespace) -> Any:
     from wrapper.registry.reference import Reference
 
-    image_ref = args.image_ref or _env("SOCI_WRAPPER_IMAGE")
+    image_ref = (args.image_refs[0] if args.image_refs else None) or _env("SOCI_WRAPPER_IMAGE")
     repo = args.repo or _env("SOCI_WRAPPER_REPO")
     digest = args.digest or _env("SOCI_WRAPPER_DIGEST")
     tag = args.tag or _env("SOCI_WRAPPER_TAG")
@@ -438,24 +449,33 @@ def cmd_index(args: argparse.Namespace, out: Console, err: Console, stdin: Calla
     if soci_version == "V1" and output_tag:
         reporter.warn("--output-tag is ignored for SOCI index manifest v1")
         output_tag = None
-    reference = _resolve_index_reference(args)
-    if output_tag:
-        try:
-            reference.with_tag(output_tag)  # checked now, not after the pull
-        except UsageError as exc:
-            raise UsageError(f"invalid --output-tag {output_tag!r}", hint=exc.hint) from None
-    request = IndexRequest(
-        reference=reference,
-        soci_version=soci_version,  # type: ignore[arg-type]
-        output_tag=output_tag,
-        pull=_pull_options(args),
-        span_size=args.span_size,
-        force=args.force,
-        soci_bin=args.soci_bin,
-        soci_timeout=args.soci_timeout,
-        debug=args.debug,
-        reuse=_reuse_options(args, reference),
-    )
+
+    def request_for(reference: Any) -> IndexRequest:
+        if output_tag:
+            try:
+                reference.with_tag(output_tag)  # checked now, not after the pull
+            except UsageError as exc:
+                raise UsageError(f"invalid --output-tag {output_tag!r}", hint=exc.hint) from None
+        return IndexRequest(
+            reference=reference,
+            soci_version=soci_version,  # type: ignore[arg-type]
+            output_tag=output_tag,
+            pull=_pull_options(args),
+            span_size=args.span_size,
+            force=args.force,
+            soci_bin=args.soci_bin,
+            soci_timeout=args.soci_timeout,
+            debug=args.debug,
+            reuse=_reuse_options(args, reference),
+        )
+
+    many = _many_references(args, stdin)
+    if many is not None:
+        reporter.close()
+        return _index_many(args, [request_for(ref) for ref in many], out, stdin)
+    if args.max_concurrent_images is not None:
+        raise UsageError("--max-concurrent-images goes with several images")
+    request = request_for(_resolve_index_reference(args))
     registry_options = _registry_options(args, stdin)
     try:
         report = run_index(request, registry_options, _daemon_options(args), reporter)
@@ -503,6 +523,72 @@ def cmd_index(args: argparse.Namespace, out: Console, err: Console, stdin: Calla
         table.add_row("work dir", report.work_dir)
     out.print(table)
     return ExitCode.OK
+
+
+def _many_references(args: argparse.Namespace, stdin: Callable[[], str]) -> list[Any] | None:
+    """The images of a many-image run (several IMAGE_REFs, or --from-file), or None for one image."""
+    from wrapper.registry.reference import Reference
+
+    texts = list(args.image_refs)
+    if args.from_file:
+        if args.from_file == "-" and args.password_stdin:
+            raise UsageError("--from-file - and --password-stdin both read standard input", hint="use a file")
+        try:
+            lines = (
+                sys.stdin.read().splitlines()
+                if args.from_file == "-"
+                else Path(args.from_file).read_text().splitlines()
+            )
+        except OSError as exc:
+            raise UsageError(f"cannot read --from-file {args.from_file}: {exc.strerror or exc}") from None
+        texts += [line.split("#", 1)[0].strip() for line in lines]
+        texts = [t for t in texts if t]
+        if not texts:
+            raise UsageError(f"--from-file {args.from_file} names no image", hint="one reference per line")
+    elif len(texts) <= 1:
+        return None
+    if args.repo or args.digest or args.tag:
+        raise UsageError("--repo/--digest/--tag name one ECR image", hint="give several images as IMAGE_REFs")
+    refs: list[Any] = []
+    for text in texts:
+        ref = Reference.parse(text)
+        if ref not in refs:
+            refs.append(ref)
+    return refs
+
+
+def _index_many(args: argparse.Namespace, requests: list[Any], out: Console, stdin: Callable[[], str]) -> int:
+    from wrapper.pipeline import DEFAULT_MAX_CONCURRENT_IMAGES, run_index_many
+
+    reporter = make_reporter(quiet=args.quiet, force_plain=True)  # several images: lines, never bars
+    try:
+        batch = run_index_many(
+            requests,
+            _registry_options(args, stdin),
+            _daemon_options(args),
+            reporter,
+            max_concurrent_images=args.max_concurrent_images or DEFAULT_MAX_CONCURRENT_IMAGES,
+        )
+    finally:
+        reporter.close()
+    code = ExitCode.SOME_FAILED if batch.failed else ExitCode.OK
+    if args.json:
+        print(json.dumps({**batch.to_json(), "exit_code": code}, indent=2))
+        return code
+    table = Table(title=f"SOCI indexes: {len(batch.images)} images", box=None)
+    for column in ("image", "result", "SOCI index digests"):
+        table.add_column(column, overflow="fold")
+    for result in batch.images:
+        if result.report is None:
+            table.add_row(result.image, f"failed (exit {result.exit_code})", result.error or "")
+        else:
+            digests = ", ".join(f"{i.platform} {i.soci_index_digest}" for i in result.report.indexes)
+            table.add_row(result.image, result.report.status, digests or result.report.reason or "")
+    out.print(table)
+    out.print(
+        f"{len(batch.images) - len(batch.failed)} of {len(batch.images)} images done in {batch.seconds:.1f} s"
+    )
+    return code
 
 
 def _count(n: int, noun: str) -> str:

@@ -20,6 +20,9 @@ class ExitCode:
     SOCI = 7
     NOTHING_TO_INDEX = 8
     MISSING_DEPENDENCY = 9
+    NO_SOCI_INDEX = 10  # verify: a checked platform has no SOCI index
+    SOCI_INDEX_INVALID = 11  # verify: a SOCI index exists but fails a check
+    SOME_FAILED = 12  # several images in one run: at least one failed
     INTERRUPTED = 130
 
 
@@ -86,3 +89,15 @@ class MissingDependencyError(WrapperError):
     """A required program (containerd, soci, ...) is not installed or not usable."""
 
     exit_code = ExitCode.MISSING_DEPENDENCY
+
+
+class NoSociIndexError(WrapperError):
+    """verify: a platform that was checked has no SOCI index the snapshotter would find."""
+
+    exit_code = ExitCode.NO_SOCI_INDEX
+
+
+class SociIndexInvalidError(WrapperError):
+    """verify: a SOCI index exists but is wrong (discovery, structure, zTOCs, content or lazy loading)."""
+
+    exit_code = ExitCode.SOCI_INDEX_INVALID

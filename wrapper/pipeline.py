@@ -17,9 +17,13 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from wrapper.containerd.client import ContainerdClient
 from wrapper.containerd.daemon import (
@@ -29,11 +33,19 @@ from wrapper.containerd.daemon import (
     containerd_binary_version,
     find_containerd,
 )
-from wrapper.errors import AuthError, ContainerdError, MissingDependencyError, NothingToIndexError, UsageError
+from wrapper.errors import (
+    AuthError,
+    ContainerdError,
+    ExitCode,
+    MissingDependencyError,
+    NothingToIndexError,
+    UsageError,
+    WrapperError,
+)
 from wrapper.existing import find_existing_indexes, soci_artifact
 from wrapper.indexing import Indexing
 from wrapper.options import DaemonOptions, IndexRequest, RegistryOptions
-from wrapper.progress import QuietReporter, Reporter, human_size, short_digest
+from wrapper.progress import PrefixedReporter, QuietReporter, Reporter, human_size, short_digest
 from wrapper.pull import (
     DEFAULT_MIN_LAYER_SIZE,
     PlatformImage,
@@ -48,7 +60,7 @@ from wrapper.registry.client import RegistryClient
 from wrapper.registry.reference import Reference
 from wrapper.report import IndexReport, PlatformSkipped, Stages
 from wrapper.reuse import DEFAULT_SPAN_SIZE, Reusable, find_reusable
-from wrapper.soci import PushAuth, Soci, check_soci, unindexable_reason
+from wrapper.soci import PushAuth, Soci, check_soci, kill_running_soci, unindexable_reason
 
 log = logging.getLogger("wrapper.pipeline")
 
@@ -108,14 +120,67 @@ def run_directory(options: DaemonOptions) -> Iterator[Path]:
 @contextlib.contextmanager
 def containerd_session(options: DaemonOptions, run_dir: Path) -> Iterator[ContainerdClient]:
     """Start our own containerd (or attach to one) and yield a client in our namespace."""
-    daemon: ManagedContainerd | AttachedContainerd
-    if options.containerd_address:
-        daemon = AttachedContainerd(options.containerd_address)
-    else:
-        daemon = ManagedContainerd(run_dir / "containerd", binary=options.containerd_bin, keep_work_dir=True)
-    with daemon, ContainerdClient(daemon.address, options.namespace) as client:
+    with _daemon(options, run_dir) as daemon, ContainerdClient(daemon.address, options.namespace) as client:
         client.namespaces.ensure(options.namespace)
         yield client
+
+
+def _daemon(options: DaemonOptions, run_dir: Path) -> ManagedContainerd | AttachedContainerd:
+    if options.containerd_address:
+        return AttachedContainerd(options.containerd_address)
+    return ManagedContainerd(run_dir / "containerd", binary=options.containerd_bin, keep_work_dir=True)
+
+
+class Session:
+    """The run directory and containerd of one run, started when an image first needs them (an already indexed
+    image needs neither) and shared by every image of the run; stopped and removed on exit. Each image gets a
+    client of its own: a client's lease is one at a time."""
+
+    def __init__(self, options: DaemonOptions, stages: Stages | None = None) -> None:
+        self.options = options
+        self._stages = stages
+        self._stack = contextlib.ExitStack()
+        self._lock = threading.Lock()
+        self._dir: Path | None = None
+        self._address: str | None = None
+        self._images = 0
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    @property
+    def run_dir(self) -> Path:
+        with self._lock:
+            if self._dir is None:
+                self._dir = self._stack.enter_context(run_directory(self.options))
+            return self._dir
+
+    def image_dir(self) -> Path:
+        """A directory of its own for one image's files (soci's root, its temporary files, reused zTOCs)."""
+        with self._lock:
+            self._images += 1
+            number = self._images
+        path = self.run_dir / f"image-{number}"
+        path.mkdir()
+        return path
+
+    def client(self) -> ContainerdClient:
+        """A new client (closed with the session) on the run's containerd, started on the first call."""
+        run_dir = self.run_dir
+        with self._lock:
+            if self._address is None:
+                timing = self._stages("containerd") if self._stages else contextlib.nullcontext()
+                with timing:
+                    daemon = _daemon(self.options, run_dir)
+                    self._stack.enter_context(daemon)
+                    self._address = daemon.address
+                    first = self._stack.enter_context(ContainerdClient(self._address, self.options.namespace))
+                    first.namespaces.ensure(self.options.namespace)
+                    return first
+            return self._stack.enter_context(ContainerdClient(self._address, self.options.namespace))
 
 
 # -- pull --------------------------------------------------------------------------------------------------
@@ -144,13 +209,21 @@ def run_index(
     daemon_options: DaemonOptions,
     reporter: Reporter | None = None,
 ) -> IndexReport:
+    """``soci-wrapper index`` of one image."""
     reporter = reporter or QuietReporter()
-    stages = Stages(reporter)
-    ref = request.reference
-
     soci_bin = check_soci(request.soci_bin)  # fail fast: nothing below is worth doing without them
     check_containerd(daemon_options)
+    stages = Stages(reporter)
+    with Session(daemon_options, stages) as session:
+        return index_image(request, registry_options, session, soci_bin, stages)
 
+
+def index_image(
+    request: IndexRequest, registry_options: RegistryOptions, session: Session, soci_bin: str, stages: Stages
+) -> IndexReport:
+    """resolve -> check -> (containerd) -> reuse -> pull -> index -> push for one image, in ``session``."""
+    reporter = stages.reporter
+    ref = request.reference
     with open_registry(ref, registry_options) as registry:
         with stages("authenticate", ref.registry):
             registry.credentials.get(ref.registry)  # an ECR token is fetched here: fail early and clearly
@@ -179,39 +252,39 @@ def run_index(
                     report.pushed_tag = request.output_tag
                 return report
 
-        # The containerd session (and the run directory) last until the end of this block.
         push_auth = _push_auth(registry, ref) if request.soci_version == "V1" else None
-        with run_directory(daemon_options) as run_dir, contextlib.ExitStack() as daemon:
-            if daemon_options.keep_work_dir:
-                report.work_dir = str(run_dir)
-            with stages("containerd"):
-                client = daemon.enter_context(containerd_session(daemon_options, run_dir))
-            reusable: dict[str, Reusable] = {}
-            if request.reuse.enabled:
-                with stages("reuse", "looking for zTOCs made before"):
-                    reusable = _find_reusable(registry, image, request, run_dir, reporter)
-            # Layers whose zTOCs are reused, and layers soci cannot index (zstd), are not pulled: soci never
-            # reads them.
-            unreadable = {
-                layer.digest
-                for sel in image.selected
-                for layer in sel.layers
-                if "zstd" in (unindexable_reason(layer.media_type, layer.size, 0) or "")
-            }
-            pull_options = dataclasses.replace(request.pull, skip_layers=frozenset(reusable) | unreadable)
-            with stages("pull", announce=False):  # the puller announces itself, with what it fetches
-                pulled = Puller(registry, client, pull_options, reporter).run(image)
-            report.pull = pulled.summary()
-            soci = Soci(
-                binary=soci_bin,
-                address=client.address,
-                namespace=client.namespace,
-                root=run_dir / "soci-root",
-                tmp_dir=run_dir / "tmp",
-                timeout=request.soci_timeout,
-                debug=request.debug,
-                content_store="soci",  # see wrapper.indexing
-            )
+        # containerd and this image's directory, from here on (started on first need)
+        client = session.client()
+        run_dir = session.image_dir()
+        if session.options.keep_work_dir:
+            report.work_dir = str(session.run_dir)
+        reusable: dict[str, Reusable] = {}
+        if request.reuse.enabled:
+            with stages("reuse", "looking for zTOCs made before"):
+                reusable = _find_reusable(registry, image, request, run_dir, reporter)
+        # Layers whose zTOCs are reused, and layers soci cannot index (zstd), are not pulled: soci never
+        # reads them.
+        unreadable = {
+            layer.digest
+            for sel in image.selected
+            for layer in sel.layers
+            if "zstd" in (unindexable_reason(layer.media_type, layer.size, 0) or "")
+        }
+        pull_options = dataclasses.replace(request.pull, skip_layers=frozenset(reusable) | unreadable)
+        with stages("pull", announce=False):  # the puller announces itself, with what it fetches
+            pulled = Puller(registry, client, pull_options, reporter).run(image)
+        report.pull = pulled.summary()
+        soci = Soci(
+            binary=soci_bin,
+            address=client.address,
+            namespace=client.namespace,
+            root=run_dir / "soci-root",
+            tmp_dir=run_dir / "tmp",
+            timeout=request.soci_timeout,
+            debug=request.debug,
+            content_store="soci",  # see wrapper.indexing
+        )
+        try:
             indexing = Indexing(request, pulled, soci, report, stages, reusable)
             indexing.hand_over_reused()
             if push_auth is not None:
@@ -219,7 +292,107 @@ def run_index(
             else:
                 indexing.v2(client, registry, image.index_body)
             indexing.remember()
+        finally:
+            if not session.options.keep_work_dir:  # the next image of the run needs the room
+                shutil.rmtree(run_dir, ignore_errors=True)
     return report
+
+
+# -- many images -------------------------------------------------------------------------------------------
+DEFAULT_MAX_CONCURRENT_IMAGES = 2  # benchmarks/: on 2 cores, soci's work is CPU-bound; see README
+
+
+@dataclass
+class ImageResult:
+    """One image of a many-image run: its report, or the error that stopped it (with its exit code)."""
+
+    image: str
+    exit_code: int
+    report: IndexReport | None = None
+    error: str | None = None
+
+
+@dataclass
+class BatchReport:
+    images: list[ImageResult] = field(default_factory=list)
+    seconds: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[ImageResult]:
+        return [r for r in self.images if r.exit_code != 0]
+
+    def to_json(self) -> dict[str, Any]:
+        statuses = [r.report.status for r in self.images if r.report is not None]
+        return {
+            "images": [
+                {
+                    "image": r.image,
+                    "exit_code": r.exit_code,
+                    "error": r.error,
+                    **(r.report.to_json() if r.report else {}),
+                }
+                for r in self.images
+            ],
+            "summary": {
+                "images": len(self.images),
+                "indexed": statuses.count("indexed"),
+                "already_indexed": statuses.count("already-indexed"),
+                "not_an_image": statuses.count("not-an-image"),
+                "failed": len(self.failed),
+                "seconds": round(self.seconds, 3),
+            },
+            "stages": self.stages,
+        }
+
+
+def run_index_many(
+    requests: list[IndexRequest],
+    registry_options: RegistryOptions,
+    daemon_options: DaemonOptions,
+    reporter: Reporter | None = None,
+    *,
+    max_concurrent_images: int = DEFAULT_MAX_CONCURRENT_IMAGES,
+) -> BatchReport:
+    """``soci-wrapper index REF REF ...``: every image with one containerd, a few at a time. One failing image
+    does not stop the others; a blob two images share is stored once (containerd's content store)."""
+    if max_concurrent_images < 1:
+        raise UsageError("--max-concurrent-images must be at least 1")
+    reporter = reporter or QuietReporter()
+    soci_bin = check_soci(requests[0].soci_bin)
+    check_containerd(daemon_options)
+    started = time.monotonic()
+    batch = BatchReport(images=[ImageResult(str(r.reference), 0) for r in requests])
+    session_stages = Stages(reporter)
+
+    def one(i: int, request: IndexRequest) -> None:
+        prefix = f"[{i + 1}/{len(requests)} {request.reference.repository}] "
+        stages = Stages(PrefixedReporter(reporter, prefix))
+        try:
+            batch.images[i].report = index_image(request, registry_options, session, soci_bin, stages)
+        except WrapperError as exc:
+            batch.images[i].exit_code = exc.exit_code
+            batch.images[i].error = str(exc)
+            reporter.warn(f"{prefix}failed: {exc}")
+        except Exception as exc:  # one image's surprise must not end the others
+            log.debug("image %s failed", request.reference, exc_info=True)
+            batch.images[i].exit_code = ExitCode.UNEXPECTED
+            batch.images[i].error = f"internal error: {type(exc).__name__}: {exc}"
+            reporter.warn(f"{prefix}failed: {batch.images[i].error}")
+
+    with Session(daemon_options, session_stages) as session:
+        pool = ThreadPoolExecutor(max_concurrent_images, thread_name_prefix="image")
+        try:
+            for future in [pool.submit(one, i, r) for i, r in enumerate(requests)]:
+                future.result()
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            kill_running_soci()  # then the session stops containerd: what is in flight fails at once
+            raise
+        pool.shutdown(wait=True)
+    batch.seconds = time.monotonic() - started
+    batch.stages = session_stages.seconds
+    return batch
 
 
 def _find_reusable(

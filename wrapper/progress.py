@@ -308,3 +308,43 @@ def make_reporter(
     if not force_plain and interactive and not os.environ.get("NO_COLOR"):
         return RichReporter(console)
     return PlainReporter()
+
+
+class PrefixedReporter:
+    """One image's progress among several in flight: every line it prints starts with ``prefix``, and its
+    blob and step keys are its own. Wraps a plain (or quiet) reporter; bars of several images at once would
+    only fight over the terminal."""
+
+    def __init__(self, inner: Reporter, prefix: str) -> None:
+        self._inner = inner
+        self._prefix = prefix
+
+    def stage(self, name: str, detail: str = "") -> None:
+        self._inner.info(f"{self._prefix}==> {name}" + (f": {detail}" if detail else ""))
+
+    def info(self, message: str) -> None:
+        self._inner.info(f"{self._prefix}{message.strip()}")
+
+    def warn(self, message: str) -> None:
+        self._inner.warn(f"{self._prefix}{message}")
+
+    def blob_started(self, digest: str, label: str, total: int, offset: int = 0) -> None:
+        self._inner.blob_started(f"{self._prefix}{digest}", f"{self._prefix}{label}", total, offset)
+
+    def blob_advanced(self, digest: str, nbytes: int) -> None:
+        self._inner.blob_advanced(f"{self._prefix}{digest}", nbytes)
+
+    def blob_finished(self, digest: str, note: str = "") -> None:
+        self._inner.blob_finished(f"{self._prefix}{digest}", note)
+
+    def steps_started(self, key: str, label: str, total: int | None = None) -> None:
+        self._inner.steps_started(f"{self._prefix}{key}", f"{self._prefix}{label}", total)
+
+    def step(self, key: str, message: str) -> None:
+        self._inner.step(f"{self._prefix}{key}", f"{self._prefix}{message}")
+
+    def steps_finished(self, key: str, summary: str = "") -> None:
+        self._inner.steps_finished(f"{self._prefix}{key}", summary)
+
+    def close(self) -> None:
+        pass  # the inner reporter is closed by its owner

@@ -90,6 +90,20 @@ _PERMANENT = re.compile(
 )
 
 
+_running: set[subprocess.Popen[str]] = set()
+_running_lock = threading.Lock()
+
+
+def kill_running_soci() -> None:
+    """Stop every soci this process is running (and what each started): on an interrupt of a run that has
+    several images in flight, whose soci calls run in worker threads."""
+    with _running_lock:
+        procs = list(_running)
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 @dataclass(frozen=True)
 class SociEvent:
     """One thing soci reported while it worked.
@@ -259,6 +273,30 @@ class Soci:
         its content store; the way zTOCs from elsewhere are handed to ``soci create`` (see wrapper.reuse)."""
         self._run(["rebuild-db"], what="soci rebuild-db")
 
+    def ztoc_info(self, ztoc_digest: str) -> dict[str, object]:
+        """``soci ztoc info``: the zTOC decoded by soci (version, span size, files with offsets and sizes).
+        The zTOC must be in soci's store and its artifacts database (``rebuild_db``)."""
+        out = self._run(["ztoc", "info", ztoc_digest], what="soci ztoc info")
+        try:
+            info = json.loads(out)
+        except ValueError as exc:
+            raise SociError(f"soci ztoc info {ztoc_digest} printed no JSON: {one_line(out)[:160]}") from exc
+        if not isinstance(info, dict):
+            raise SociError(f"soci ztoc info {ztoc_digest} printed {type(info).__name__}, not an object")
+        return info
+
+    def ztoc_get_file(self, ztoc_digest: str, name: str, dest: Path) -> None:
+        """``soci ztoc get-file -o DEST``: file ``name`` of the layer, extracted through its zTOC, written to
+        ``dest`` (made readable: soci creates it with mode 0000). soci reads the layer from containerd's
+        content store and finds it through its artifacts database. (Without ``-o`` soci prints the bytes
+        with one extra newline at the end.)"""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.unlink(missing_ok=True)
+        self._run(["ztoc", "get-file", "-o", str(dest), ztoc_digest, name], what="soci ztoc get-file")
+        if not dest.exists():  # soci ignores its own write error
+            raise SociError(f"soci ztoc get-file {ztoc_digest} {name!r} wrote nothing to {dest}")
+        os.chmod(dest, 0o600)
+
     def index_digests(self, ref: str, platform: Platform) -> list[str]:
         """Digests of the SOCI indexes soci recorded for ``ref``'s manifest of ``platform``, newest first."""
         out = self._run(
@@ -407,6 +445,8 @@ class Soci:
             ) from exc
         except PermissionError as exc:
             raise MissingDependencyError(f"soci at {self.binary} is not executable") from exc
+        with _running_lock:
+            _running.add(proc)
         stdout: list[str] = []
         stderr: list[str] = []
         assert proc.stdout is not None and proc.stderr is not None
@@ -432,6 +472,8 @@ class Soci:
             # the group may keep them open: do not wait for it long, its output no longer matters.
             for reader in readers:
                 reader.join(timeout=2 if proc.returncode is None or proc.returncode < 0 else 10)
+            with _running_lock:
+                _running.discard(proc)
         err_text = "".join(stderr)
         if proc.returncode != 0:
             if proc.returncode < 0:
