@@ -70,7 +70,8 @@ class _Rule:
     body: bytes = b""
     method: str | None = None
     cut_request_after: int | None = None
-    reset: bool = False  # cut with a TCP RST rather than a clean close
+    reset: bool = False  # cut with a TCP RST rather than a clean close ...
+    settle: float = 0.0  # ... this many seconds after the last byte, so the client has read what was sent
     delay: float | None = None  # hold the response back this many seconds ...
     delay_after: int | None = None  # ... after this many body bytes (None: before its head)
     corrupt_at: int | None = None  # flip the byte at this body offset ...
@@ -165,13 +166,21 @@ class HttpProxy:
             thread.join(timeout=5)
 
     def cut_after(
-        self, pattern: str, nbytes: int, *, times: int = 1, method: str | None = None, reset: bool = False
+        self,
+        pattern: str,
+        nbytes: int,
+        *,
+        times: int = 1,
+        method: str | None = None,
+        reset: bool = False,
+        settle: float = 0.0,
     ) -> None:
         """Close the connection after ``nbytes`` response-body bytes of the next matching request(s): the
-        client gets a body shorter than its Content-Length. ``reset``: end it with a TCP RST instead."""
+        client gets a body shorter than its Content-Length. ``reset``: end it with a TCP RST instead, after
+        ``settle`` seconds (a RST makes the kernel drop what the client has not read yet)."""
         with self._lock:
             self._rules.append(
-                _Rule(re.compile(pattern), times, cut_after=nbytes, method=method, reset=reset)
+                _Rule(re.compile(pattern), times, cut_after=nbytes, method=method, reset=reset, settle=settle)
             )
 
     def delay(
@@ -418,6 +427,8 @@ class HttpProxy:
                 if not complete:
                     record.cut = True
                     if rule is not None and rule.reset:
+                        if self._stopping.wait(rule.settle):
+                            return
                         _reset(client)
                     _close(client)
                     return

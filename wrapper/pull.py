@@ -22,11 +22,12 @@ from typing import Any
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from wrapper.containerd.client import ContainerdClient
+from wrapper.containerd.content import WriteResult
 from wrapper.containerd.images import Image
 from wrapper.errors import ContainerdError, NotFoundError, RegistryError, UsageError
 from wrapper.models import Descriptor, Platform
 from wrapper.progress import QuietReporter, Reporter
-from wrapper.registry.client import BlobReadError, RegistryClient
+from wrapper.registry.client import MAX_MANIFEST_BYTES, BlobReadError, RegistryClient
 from wrapper.registry.reference import Reference
 
 log = logging.getLogger("wrapper.pull")
@@ -197,10 +198,10 @@ def resolve_image(registry: RegistryClient, ref: Reference, options: PullOptions
 
 
 def _read_config(registry: RegistryClient, ref: Reference, config: Descriptor) -> bytes:
-    if config.size > 4 * 1024 * 1024:
+    """The config, whole and checked against its digest (a broken transfer resumed): it is stored as read."""
+    if config.size > MAX_MANIFEST_BYTES:
         raise RegistryError(f"the image config {config.digest} is implausibly large ({config.size} bytes)")
-    with registry.open_blob(ref, config.digest) as stream:
-        return b"".join(stream)
+    return registry.read_blob(ref, config.digest, max_bytes=MAX_MANIFEST_BYTES)
 
 
 def _config_platform(config: Descriptor, data: bytes) -> Platform:
@@ -353,30 +354,41 @@ class Puller:
                     record.bytes_downloaded += len(chunk)
                     yield chunk
 
-        for attempt in Retrying(
-            stop=stop_after_attempt(BLOB_ATTEMPTS),
-            wait=wait_exponential_jitter(multiplier=0.2, max=5),
-            retry=retry_if_exception(_is_transient),
-            reraise=True,
-        ):
-            with attempt:
-                if attempt.retry_state.attempt_number > 1:
-                    log.info("retrying %s (attempt %d)", desc.digest, attempt.retry_state.attempt_number)
-                try:
-                    content.write(
-                        ingest_ref,
-                        source,
-                        total=desc.size,
-                        expected=desc.digest,
-                        labels=labels,
-                        on_progress=lambda n: self.reporter.blob_advanced(desc.digest, n),
-                    )
-                except ContainerdError as exc:
-                    if _is_content_mismatch(exc):  # the registry's fault, not containerd's
-                        raise RegistryError(
-                            f"{ref.registry} served {desc.digest} with the wrong content: {exc.message}"
-                        ) from None
-                    raise
+        written: WriteResult | None = None
+        try:
+            for attempt in Retrying(
+                stop=stop_after_attempt(BLOB_ATTEMPTS),
+                wait=wait_exponential_jitter(multiplier=0.2, max=5),
+                retry=retry_if_exception(_is_transient),
+                reraise=True,
+            ):
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        log.info("retrying %s (attempt %d)", desc.digest, attempt.retry_state.attempt_number)
+                    try:
+                        written = content.write(
+                            ingest_ref,
+                            source,
+                            total=desc.size,
+                            expected=desc.digest,
+                            labels=labels,
+                            on_progress=lambda n: self.reporter.blob_advanced(desc.digest, n),
+                        )
+                    except ContainerdError as exc:
+                        if _is_content_mismatch(exc):  # the registry's fault, not containerd's
+                            raise RegistryError(
+                                f"{ref.registry} served {desc.digest} with the wrong content: {exc.message}"
+                            ) from None
+                        raise
+        except BlobReadError as exc:  # every attempt broke off, each after resuming where the last one did
+            raise RegistryError(f"{exc.message} (gave up after {BLOB_ATTEMPTS} attempts)") from None
+        if written is not None and written.already_existed:
+            # Another pull (of an image sharing this blob) stored it meanwhile: it was not fetched here.
+            content.update_labels(desc.digest, labels)
+            record.action = "present"
+            self.reporter.blob_finished(desc.digest, "present")
+            self._record(record)
+            return
         self.reporter.blob_finished(
             desc.digest, f"resumed at {record.resumed_from}" if record.resumed_from else ""
         )
@@ -390,16 +402,19 @@ class Puller:
                 BlobRecord(desc.digest, desc.size, desc.media_type, kind, str(desc.platform or ""), "present")
             )
             return
-        content.write(
+        written = content.write(
             f"soci-wrapper-pull-{desc.digest}",
             lambda offset: iter([body[offset:]]),
             total=len(body),
             expected=desc.digest,
             labels=labels,
         )
+        if written.already_existed:  # stored meanwhile by another pull
+            content.update_labels(desc.digest, labels)
+        action = "present" if written.already_existed else "fetched"
         self._record(
             BlobRecord(
-                desc.digest, desc.size, desc.media_type, kind, str(desc.platform or ""), "fetched", len(body)
+                desc.digest, desc.size, desc.media_type, kind, str(desc.platform or ""), action, len(body)
             )
         )
 

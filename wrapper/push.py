@@ -16,10 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from wrapper.containerd.client import ContainerdClient
-from wrapper.errors import NotFoundError, RegistryError
+from wrapper.errors import ContainerdError, NotFoundError, RegistryError
 from wrapper.models import Descriptor
 from wrapper.progress import QuietReporter, Reporter
-from wrapper.registry.client import MAX_MANIFEST_BYTES, RegistryClient
+from wrapper.registry.client import MAX_MANIFEST_BYTES, RegistryClient, SourceMismatchError
 from wrapper.registry.reference import Reference
 
 log = logging.getLogger("wrapper.push")
@@ -122,7 +122,13 @@ class ImagePusher:
                 self.reporter.blob_advanced(desc.digest, len(chunk))
                 yield chunk
 
-        uploaded = self.registry.push_blob(dest, desc, source)  # HEADs first: False if already there
+        try:
+            uploaded = self.registry.push_blob(dest, desc, source)  # HEADs first: False if already there
+        except SourceMismatchError as exc:  # what containerd holds is not the blob its descriptor names
+            raise ContainerdError(
+                f"containerd's copy of blob {desc.digest} is damaged: {exc.problem}; no manifest was pushed",
+                hint="remove the image from containerd and run again",
+            ) from None
         if announced:
             self.reporter.blob_finished(desc.digest)
         self._record(result, desc, uploaded=uploaded)

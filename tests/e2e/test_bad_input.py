@@ -855,8 +855,6 @@ CASES = [
         ExitCode.REGISTRY,
         r"HTTP 400",
         r"--ca-file",
-        xfail="wrapper/registry/client.py: a TLS registry on loopback answers the plain-HTTP request with "
-        f"HTTP 400 'Client sent an HTTP request to an HTTPS server.': {NO_HINT} (pass --ca-file)",
     ),
 ]
 

@@ -64,16 +64,19 @@ def assert_v1_index(client: RegistryClient, ref: Reference, report: dict[str, An
         ("500 on an upload PUT", 2),
         ("503 on a blob HEAD", 1),  # oras-go, inside soci, retries a HEAD by itself
         ("connection cut mid-upload", 2),
+        ("500 on a manifest PUT", 1),  # and a manifest PUT (its body can be sent again)
     ],
 )
 def test_v1_soci_push_survives_a_transient_fault(
     tmp_path: Path, client: RegistryClient, image_ref: Reference, soci_bin: str, fault: str, attempts: int
 ) -> None:
     with HttpProxy(image_ref.registry) as proxy:
-        if fault.startswith("500"):
+        if fault == "500 on an upload PUT":
             proxy.inject_status(UPLOAD, 500, method="PUT")
-        elif fault.startswith("503"):
+        elif fault == "503 on a blob HEAD":
             proxy.inject_status(r"/blobs/sha256:", 503, method="HEAD")
+        elif fault == "500 on a manifest PUT":
+            proxy.inject_status(r"/manifests/", 500, method="PUT")
         else:
             proxy.cut_request_after(UPLOAD, 64 * 1024, method="PUT")
         proc = run_index(soci_bin, image_ref, proxy, tmp_path)
@@ -84,6 +87,9 @@ def test_v1_soci_push_survives_a_transient_fault(
     assert report["push"]["attempts"] == attempts, proc.stderr
     faulted = [r for r in requests if r.injected or r.cut]
     assert len(faulted) == 1 and by_soci(faulted) == faulted  # the fault hit soci's push, once
+    if fault == "500 on a manifest PUT":  # oras-go put the index manifest again, in the same soci push
+        puts = [r for r in by_soci(requests) if r.method == "PUT" and "/manifests/" in r.path]
+        assert puts[0].injected and puts[1].path == puts[0].path and puts[1].status == 201, puts
     if attempts > 1:
         assert proc.stderr.count("warning: soci push:") == 1  # one short line for the retry
     assert_v1_index(client, image_ref, report)

@@ -421,3 +421,61 @@ def test_docker_config_credentials_reach_registry(tls_registry: RegistryServer, 
         ref = Reference.parse(f"{tls_registry.host}/cfg/app:v1")
         push_image(client, ref, images["big"])
         assert client.head_manifest(ref) is not None
+
+
+@pytest.mark.parametrize("chunk_size", [None, 512 * 1024], ids=["monolithic", "chunked"])
+def test_upload_of_a_source_that_does_not_match_its_digest_is_refused(
+    registry: RegistryServer, anon_client, tmp_path, chunk_size
+):
+    """The client checks the bytes it sends and holds the last of them back until it has: the upload never
+    completes, whatever the registry would have checked."""
+    layer = build_layer(tmp_path / "l", LayerSpec(2 * MiB, seed=91))
+    data = bytearray(layer.read_bytes())
+    data[-1] ^= 0xFF  # the very last byte: only a check of the whole can see it
+
+    def pieces(blob: bytes) -> list[bytes]:  # most of them sent before the last is read
+        return [blob[i : i + 256 * 1024] for i in range(0, len(blob), 256 * 1024)]
+
+    ref = Reference.parse(f"{registry.host}/test/corrupt")
+    with HttpProxy(registry.host) as proxy:
+        client = RegistryClient(
+            CredentialStore(docker_config_dir=tmp_path, use_ecr=False),
+            endpoint_overrides={registry.host: proxy.host},
+        )
+        with pytest.raises(RegistryError, match="the bytes to upload do not match its digest") as info:
+            client.push_blob(ref, layer.descriptor, lambda: pieces(bytes(data)), chunk_size=chunk_size)
+        client.close()
+        requests = proxy.requests
+    assert layer.digest in str(info.value)
+    assert [r.method for r in requests if r.method == "POST"] == ["POST"]  # not retried
+    assert not any(r.status in (201, 204) for r in requests)  # nothing completed
+    if chunk_size:  # the chunks before the last went out; the last and the closing PUT did not
+        assert [r.method for r in requests][2:] == ["PATCH"] * (len(data) // chunk_size)
+    assert anon_client.blob_exists(ref, layer.digest) is False
+
+
+def test_read_blob_resumes_and_checks_the_digest(registry: RegistryServer, anon_client, images, tmp_path):
+    image = images["big"]
+    ref = Reference.parse(f"{registry.host}/test/readblob:v1")
+    push_image(anon_client, ref, image)
+    config = image.config
+    with HttpProxy(registry.host) as proxy:
+        client = RegistryClient(
+            CredentialStore(docker_config_dir=tmp_path, use_ecr=False),
+            endpoint_overrides={registry.host: proxy.host},
+            backoff_seconds=0.01,
+        )
+        proxy.cut_after(f"/blobs/{config.digest}", 100)
+        assert client.read_blob(ref, config.digest) == config.read_bytes()
+        first, second = proxy.requests
+        assert first.cut and second.header("range") == "bytes=100-" and second.status == 206
+
+        proxy.reset()
+        proxy.corrupt(f"/blobs/{config.digest}", at=10)
+        with pytest.raises(RegistryError, match=r"served blob .* with the wrong content") as info:
+            client.read_blob(ref, config.digest)
+        assert len(proxy.requests) == 1  # not fetched again
+        with pytest.raises(RegistryError, match="over 100 bytes"):
+            client.read_blob(ref, config.digest, max_bytes=100)
+        client.close()
+    assert config.digest in str(info.value)

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import logging
+import time
 
 import pytest
 
@@ -252,3 +253,66 @@ def test_redirect_loop_is_bounded(tmp_path):
         )
         with pytest.raises(RegistryError, match="too many redirects"):
             make_client(tmp_path).get_manifest(Reference.parse(f"{stub.host}/app:v1"))
+
+
+def test_token_server_retry_after_is_honoured(tmp_path):
+    """A token server that is busy (503 with Retry-After) is asked again after the delay it named."""
+    with StubServer() as stub:
+        server = TokenServer(stub)
+        answers = [StubResponse(503, {"Retry-After": "1"}, b"busy")]
+        issue = server.token
+        stub.route("GET", "/token", lambda r: answers.pop() if answers else issue(r))
+        client = make_client(tmp_path, {stub.host: Credentials("u", "p")})
+        started = time.monotonic()
+        assert client.get_manifest(Reference.parse(f"{stub.host}/app:v1")).body == MANIFEST
+        elapsed = time.monotonic() - started
+        tokens = [r for r in stub.requests if r.path.startswith("/token")]
+    assert len(tokens) == 2 and server.issued == 1
+    assert elapsed >= 1.0
+
+
+def test_a_short_lived_token_is_renewed_before_it_lapses(tmp_path):
+    """A token that lasts 1 s is not used past its lifetime (no 401 round trip): a new one is fetched first."""
+    with StubServer() as stub:
+        server = TokenServer(stub)
+        issue = server.token
+
+        def short_lived(request: StubRequest) -> StubResponse:
+            answer = issue(request)
+            if answer.status != 200:
+                return answer
+            server.valid = {f"t{server.issued}"}  # only the newest token is accepted
+            return StubResponse(
+                200, body=json.dumps({"token": f"t{server.issued}", "expires_in": 1}).encode()
+            )
+
+        stub.route("GET", "/token", short_lived)
+        client = make_client(tmp_path, {stub.host: Credentials("u", "p")})
+        ref = Reference.parse(f"{stub.host}/app:v1")
+        client.get_manifest(ref)
+        client.get_manifest(ref)  # within its lifetime: the same token
+        assert server.issued == 1
+        time.sleep(0.9)  # past the client's margin (a quarter of the lifetime), before the 1 s are up
+        client.get_manifest(ref)
+        manifests = [r for r in stub.requests if r.path.startswith("/v2/")]
+    assert server.issued == 2
+    assert [r.headers.get("authorization") for r in manifests] == [
+        None,
+        "Bearer t1",
+        "Bearer t1",
+        "Bearer t2",
+    ]
+
+
+def test_plain_http_to_an_https_server_says_so(tmp_path):
+    """What Go's HTTPS servers (distribution) answer a plain-HTTP request with, explained with the fix."""
+    with StubServer() as stub:
+        stub.route(
+            "GET",
+            "/v2/app/manifests/",
+            lambda r: StubResponse(400, body=b"Client sent an HTTP request to an HTTPS server.\n"),
+        )
+        with pytest.raises(RegistryError) as info:
+            make_client(tmp_path).get_manifest(Reference.parse(f"{stub.host}/app:v1"))
+    assert str(info.value).startswith(f"{stub.host} speaks HTTPS, but was sent plain HTTP")
+    assert "--ca-file" in str(info.value) and "\n" not in str(info.value)
