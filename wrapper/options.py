@@ -25,6 +25,7 @@ class RegistryOptions:
     ca_file: str | None = None
     plain_http: bool = False
     endpoint_overrides: tuple[tuple[str, str], ...] = ()
+    read_timeout: float = 120.0  # seconds without a byte from the registry before a request is retried
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,7 @@ def open_registry(ref: Reference, options: RegistryOptions) -> RegistryClient:
         ca_file=options.ca_file,
         plain_http=options.plain_http,
         endpoint_overrides=dict(options.endpoint_overrides) or None,
+        read_timeout=options.read_timeout,
     )
 
 
@@ -407,7 +408,7 @@ def _find_reusable(
         if unindexable_reason(layer.media_type, layer.size, min_size) is None
     }
     span = request.span_size or DEFAULT_SPAN_SIZE
-    found = find_reusable(registry, wanted, span, request.reuse, run_dir / "reuse")
+    found = find_reusable(registry, image.reference, wanted, span, request.reuse, run_dir / "reuse")
     if found:
         reporter.info(f"    {len(found)} of {len(wanted)} zTOCs found; their layers are not pulled")
     return found

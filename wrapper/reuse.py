@@ -266,6 +266,40 @@ class RegistryZtocs:
             log.debug("looking for zTOCs in %s stopped: %s", ref, exc)
         return found
 
+    def in_repository(self, ref: Reference, *, skip: str = "") -> Iterator[tuple[Reference, list[Ztoc]]]:
+        """The zTOCs of the SOCI indexes of other images in ``ref``'s repository, image by image, while the
+        budget lasts: first the ``sha256-<hex>`` referrers tags (on registries without the referrers API they
+        list SOCI v1 indexes directly), then the other tags (their v1 referrers, or their v2 indexes)."""
+        try:
+            if not self._spend():
+                return
+            tags = self.registry.list_tags(ref, limit=500)
+        except WrapperError as exc:
+            log.debug("cannot list the tags of %s: %s", ref.repository, exc)
+            return
+        referrer_tags = [t for t in tags if t.startswith("sha256-")]
+        image_tags = sorted((t for t in tags if not t.startswith("sha256-") and t != ref.tag), reverse=True)
+        for tag in referrer_tags:
+            if skip and tag == "sha256-" + skip.removeprefix("sha256:"):
+                continue
+            tagged = Reference(ref.registry, ref.repository, tag=tag)
+            found: list[Ztoc] = []
+            try:
+                if not self._spend():
+                    return
+                listing = self.registry.get_manifest(tagged).json()
+                for entry in listing.get("manifests", []):
+                    if entry.get("artifactType") == SOCI_INDEX_V1 and self._spend():
+                        found += ztocs_of_index(self.registry.get_manifest(tagged, entry["digest"]).json())
+            except (WrapperError, ValueError, KeyError, TypeError) as exc:
+                log.debug("referrers tag %s: %s", tag, exc)
+            yield tagged, found
+        for tag in image_tags:
+            if self.requests_left <= 0 or time.monotonic() > self.deadline:
+                return
+            tagged = Reference(ref.registry, ref.repository, tag=tag)
+            yield tagged, self.of_image(tagged)
+
     def fetch(self, ref: Reference, ztoc: Ztoc, dest: Path) -> bool:
         """Download ``ztoc`` from ``ref``'s repository into ``dest``, verified; False if it does not check out."""
         if not self._spend():
@@ -313,6 +347,7 @@ class ReuseOptions:
     """Where a run looks for zTOCs made before (``--no-reuse`` turns all of it off)."""
 
     enabled: bool = True
+    search_repository: bool = True  # the SOCI indexes of other images of the same repository
     cache_dir: Path | None = None
     cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
     reuse_from: tuple[Reference, ...] = ()
@@ -320,13 +355,15 @@ class ReuseOptions:
 
 def find_reusable(
     registry: RegistryClient,
+    image: Reference,
     layers: dict[str, Descriptor],
     span_size: int,
     options: ReuseOptions,
     work: Path,
 ) -> dict[str, Reusable]:
-    """A verified zTOC on disk for each of ``layers`` (by digest) that has one of ``span_size`` in the cache
-    or in the SOCI indexes of the ``--reuse-from`` images; layers without one are not in the result."""
+    """A verified zTOC on disk for each of ``layers`` (by digest) that has one of ``span_size``: in the cache,
+    in the SOCI indexes of the ``--reuse-from`` images, then in those of other images of ``image``'s
+    repository (a bounded search); layers without one are not in the result."""
     found: dict[str, Reusable] = {}
     if not options.enabled or not layers:
         return found
@@ -336,17 +373,24 @@ def find_reusable(
             if (hit := cache.lookup(digest, span_size)) is not None:
                 found[digest] = hit
     source = RegistryZtocs(registry)
-    for ref in options.reuse_from:
-        missing = set(layers) - set(found)
-        if not missing:
-            break
-        for ztoc in source.of_image(ref):
-            if ztoc.layer_digest not in missing or ztoc.span_size != span_size:
+
+    def take(ref: Reference, ztocs: list[Ztoc]) -> None:
+        for ztoc in ztocs:
+            if ztoc.layer_digest not in layers or ztoc.layer_digest in found or ztoc.span_size != span_size:
                 continue
             dest = work / ztoc.digest.removeprefix("sha256:")
             if source.fetch(ref, ztoc, dest):
                 found[ztoc.layer_digest] = Reusable(ztoc, dest, f"registry {ref}")
-                missing.discard(ztoc.layer_digest)
+
+    for ref in options.reuse_from:
+        if len(found) == len(layers):
+            return found
+        take(ref, source.of_image(ref))
+    if options.search_repository and len(found) < len(layers):
+        for ref, ztocs in source.in_repository(image, skip=image.digest or ""):
+            take(ref, ztocs)
+            if len(found) == len(layers):
+                break
     return found
 
 
