@@ -1,5 +1,8 @@
 """Pull an image from a registry into containerd's content store, over gRPC, without unpacking it.
 
+What the image is (its manifests, the platforms chosen) comes from ``wrapper.resolve``; its names are
+importable from here too.
+
 Blobs stream straight from the HTTP response into containerd's content Write stream (never held in memory);
 containerd checks digest and size at commit. Several blobs are in flight at once. A blob whose transfer
 breaks resumes from the offset containerd already holds (STAT) with an HTTP Range request.
@@ -27,8 +30,34 @@ from wrapper.containerd.images import Image
 from wrapper.errors import ContainerdError, NotFoundError, RegistryError, UsageError
 from wrapper.models import Descriptor, Platform
 from wrapper.progress import QuietReporter, Reporter
-from wrapper.registry.client import MAX_MANIFEST_BYTES, BlobReadError, RegistryClient
+from wrapper.registry.client import BlobReadError, RegistryClient
 from wrapper.registry.reference import Reference
+from wrapper.resolve import (
+    PlatformChoice,
+    PlatformImage,
+    ResolvedImage,
+    manifest_config,
+    resolve_image,
+    select_platforms,
+)
+
+__all__ = [
+    "BLOB_ATTEMPTS",
+    "DEFAULT_MIN_LAYER_SIZE",
+    "GC_REF",
+    "SOURCE_LABEL",
+    "BlobRecord",
+    "PlatformChoice",
+    "PlatformImage",
+    "PullCancelled",
+    "PullOptions",
+    "PullResult",
+    "Puller",
+    "ResolvedImage",
+    "pull",
+    "resolve_image",
+    "select_platforms",
+]
 
 log = logging.getLogger("wrapper.pull")
 
@@ -74,16 +103,6 @@ class BlobRecord:
 
 
 @dataclass
-class PlatformImage:
-    """One platform's manifest as pulled."""
-
-    platform: Platform
-    manifest: Descriptor
-    config: Descriptor
-    layers: list[Descriptor]
-
-
-@dataclass
 class PullResult:
     reference: Reference
     image_name: str
@@ -124,94 +143,6 @@ class PullResult:
         }
 
 
-def select_platforms(available: Sequence[Platform], options: PullOptions) -> list[Platform]:
-    """The platforms of ``available`` to pull; NotFoundError naming both sides when one is missing."""
-    real = [p for p in available if not p.is_unknown]
-    if options.all_platforms:
-        return real
-    wanted = list(options.platforms) or [Platform.host()]
-    chosen: list[Platform] = []
-    for want in wanted:
-        match = next((p for p in real if want.matches(p)), None)
-        if match is None:
-            have = ", ".join(str(p) for p in real) or "none"
-            raise NotFoundError(
-                f"the image has no {want} variant; it has {have}",
-                hint="choose one with --platform, or use --all-platforms",
-            )
-        if match not in chosen:
-            chosen.append(match)
-    return chosen
-
-
-@dataclass
-class ResolvedImage:
-    """What the registry says the image is: its top object and the manifests of every platform."""
-
-    reference: Reference
-    target: Descriptor
-    index_body: bytes | None
-    manifests: list[tuple[Descriptor, bytes]]  # every manifest of the image (all platforms), with its body
-    all_platforms: list[Platform]
-    selected: list[PlatformImage]
-    # Blobs already read while resolving (a single-platform image's config), stored without a second GET.
-    fetched: dict[str, bytes] = field(default_factory=dict)
-
-    @property
-    def digest(self) -> str:
-        return self.target.digest
-
-
-def resolve_image(registry: RegistryClient, ref: Reference, options: PullOptions) -> ResolvedImage:
-    """Fetch the image's manifest (and, for an index, every platform's manifest); choose the platforms."""
-    top = registry.get_manifest(ref)
-    manifests: list[tuple[Descriptor, bytes]] = []
-    selected: list[PlatformImage] = []
-    if top.descriptor.is_index:
-        entries = [Descriptor.from_oci(m) for m in json.loads(top.body).get("manifests", [])]
-        entries = [e for e in entries if e.is_manifest]
-        all_platforms = [e.platform or Platform("unknown", "unknown") for e in entries]
-        chosen = select_platforms(all_platforms, options)
-        for entry in entries:
-            body = registry.get_manifest(ref, entry.digest).body
-            manifests.append((entry, body))
-            plat = entry.platform or Platform("unknown", "unknown")
-            if plat in chosen and not any(s.platform == plat for s in selected):
-                selected.append(_platform_image(plat, entry, body))
-        return ResolvedImage(ref, top.descriptor, top.body, manifests, all_platforms, selected)
-    if top.descriptor.is_manifest:
-        config = Descriptor.from_oci(json.loads(top.body)["config"])
-        config_body = _read_config(registry, ref, config)
-        plat = _config_platform(config, config_body)
-        select_platforms([plat], options)  # raises if the image's one platform does not match
-        image = _platform_image(plat, top.descriptor, top.body)
-        return ResolvedImage(
-            ref,
-            top.descriptor,
-            None,
-            [(top.descriptor, top.body)],
-            [plat],
-            [image],
-            {config.digest: config_body},
-        )
-    raise RegistryError(f"{ref} is a {top.descriptor.media_type or 'untyped'} object, not an image")
-
-
-def _read_config(registry: RegistryClient, ref: Reference, config: Descriptor) -> bytes:
-    """The config, whole and checked against its digest (a broken transfer resumed): it is stored as read."""
-    if config.size > MAX_MANIFEST_BYTES:
-        raise RegistryError(f"the image config {config.digest} is implausibly large ({config.size} bytes)")
-    return registry.read_blob(ref, config.digest, max_bytes=MAX_MANIFEST_BYTES)
-
-
-def _config_platform(config: Descriptor, data: bytes) -> Platform:
-    try:
-        doc = json.loads(data)
-    except ValueError as exc:
-        raise RegistryError(f"the image config {config.digest} is not JSON") from exc
-    return Platform(str(doc.get("os", "")), str(doc.get("architecture", "")), str(doc.get("variant", "")))
-
-
 class Puller:
     """Pulls one image; use :func:`pull`."""
 
@@ -241,7 +172,7 @@ class Puller:
         small: list[tuple[Descriptor, bytes, str]] = []  # already in hand: (descriptor, body, platform)
         seen: set[str] = set()
         for desc, body in manifests:
-            config = Descriptor.from_oci(json.loads(body)["config"])
+            config = manifest_config(f"{ref} ({desc.digest})", body)
             if config.digest not in seen:
                 seen.add(config.digest)
                 if config.digest in image.fetched:
@@ -438,16 +369,6 @@ def _is_transient(exc: BaseException) -> bool:
 
 def _is_content_mismatch(exc: ContainerdError) -> bool:
     return "FAILED_PRECONDITION" in (exc.detail or "")
-
-
-def _platform_image(plat: Platform, desc: Descriptor, body: bytes) -> PlatformImage:
-    doc = json.loads(body)
-    return PlatformImage(
-        platform=plat,
-        manifest=desc,
-        config=Descriptor.from_oci(doc["config"]),
-        layers=[Descriptor.from_oci(layer) for layer in doc.get("layers", [])],
-    )
 
 
 def _plain(desc: Descriptor) -> Descriptor:

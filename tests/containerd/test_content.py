@@ -106,6 +106,40 @@ def test_small_uneven_source_chunks_are_regrouped(any_containerd_client: Contain
         assert _digest_of_stream(any_containerd_client.content.read(digest)) == (digest, len(data))
 
 
+def test_a_source_that_breaks_between_chunk_marks_keeps_every_byte(
+    any_containerd_client: ContainerdClient,
+) -> None:
+    """The bytes a source gave after its last full 1 MiB chunk reach the ingest too, so a resume starts at the
+    exact offset the source reached; a source that always breaks before the next 1 MiB mark still progresses."""
+    content = any_containerd_client.content
+    data, digest = _blob(3 * MiB + 5, seed=8)
+    ref = "uneven-break"
+    with any_containerd_client.lease():
+        progress: list[int] = []
+        broken = Source(data, chunk=300_000, fail_after=5)  # 1,500,000 bytes: 1 MiB and a part
+        with pytest.raises(SourceBroke):
+            content.write(ref, broken, total=len(data), expected=digest, on_progress=progress.append)
+        assert content.status(ref) == 1_500_000 == sum(progress)
+        assert progress == [MiB, 1_500_000 - MiB]
+
+        # Each attempt breaks after 700,000 bytes, before the next 1 MiB mark: every one still moves on.
+        held = [1_500_000]
+        while (offset := held[-1]) + 700_000 < len(data):
+            with pytest.raises(SourceBroke):
+                content.write(
+                    ref, Source(data, chunk=100_000, fail_after=7), total=len(data), expected=digest
+                )
+            held.append(int(content.status(ref) or 0))
+            assert held[-1] == offset + 700_000
+        last = Source(data, chunk=100_000)
+        result = content.write(ref, last, total=len(data), expected=digest)
+        assert last.offsets == [held[-1]]
+        assert result.offset_resumed_from == held[-1]
+        assert result.bytes_sent == len(data) - held[-1]
+        assert result.committed
+        assert _digest_of_stream(content.read(digest)) == (digest, len(data))
+
+
 def test_existing_blob_is_not_sent_again(any_containerd_client: ContainerdClient) -> None:
     data, digest = _blob(100_000, seed=3)
     with any_containerd_client.lease():

@@ -19,11 +19,11 @@ from tests.imagefactory import (
     build_image,
     build_index,
 )
-from tests.proxy import HttpProxy
+from tests.proxy import HttpProxy, RecordedRequest
 from wrapper.containerd.client import ContainerdClient
 from wrapper.errors import AuthError, ExitCode, NotFoundError, RegistryError
 from wrapper.models import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, Platform
-from wrapper.pull import GC_REF, SOURCE_LABEL, PullOptions, pull
+from wrapper.pull import BLOB_ATTEMPTS, GC_REF, SOURCE_LABEL, PullOptions, pull
 from wrapper.registry.auth import Credentials, CredentialStore
 from wrapper.registry.client import RegistryClient
 from wrapper.registry.reference import Reference
@@ -264,6 +264,58 @@ def test_resume_after_cut_asks_for_the_rest(
     assert served < layer.size * 1.35, (served, layer.size)
     record = next(b for b in result.blobs if b.digest == layer.digest)
     assert record.resumed_from == resumed_at
+    assert containerd_client.content.info(layer.digest).size == layer.size
+
+
+def _range_starts(gets: list[RecordedRequest]) -> list[int | None]:
+    """The first byte each GET asked for (None: the whole blob)."""
+    ranges = [r.header("Range") for r in gets]
+    return [None if r is None else int(r.removeprefix("bytes=").rstrip("-")) for r in ranges]
+
+
+def test_resume_starts_at_the_exact_byte_the_cut_reached(
+    tmp_path: Path, registry: RegistryServer, containerd_client: ContainerdClient, request
+) -> None:
+    """A transfer cut between two 1 MiB marks resumes at the byte it reached, not at the last mark."""
+    image = build_image(tmp_path, [LayerSpec(12 * MIB, seed=seed_for(request))])
+    layer = image.layers[0]
+    cut = 5 * MIB + 12_345
+    with RegistryClient(CredentialStore(use_ecr=False)) as direct:
+        ref = push(registry, direct, "resume-exact/app", image)
+    with HttpProxy(registry.host) as proxy:
+        proxy.cut_after(f"/blobs/{layer.digest}", cut, method="GET")
+        via = Reference(proxy.host, ref.repository, digest=ref.digest)
+        with RegistryClient(CredentialStore(use_ecr=False)) as client:
+            result = pull(client, containerd_client, via, PullOptions(min_layer_size=THRESHOLD))
+        gets = [r for r in proxy.requests if r.method == "GET" and layer.digest in r.path]
+    assert _range_starts(gets) == [None, cut]
+    assert [r.body_bytes for r in gets] == [cut, layer.size - cut]  # not one byte fetched twice
+    record = next(b for b in result.blobs if b.digest == layer.digest)
+    assert record.resumed_from == cut
+    assert record.bytes_downloaded == layer.size
+    assert containerd_client.content.info(layer.digest).size == layer.size
+
+
+def test_cuts_before_every_mib_mark_still_progress(
+    tmp_path: Path, registry: RegistryServer, containerd_client: ContainerdClient, request
+) -> None:
+    """Every GET of the layer breaks after 600 KiB, before the first 1 MiB mark: each attempt resumes where
+    the last one broke, so the pull completes within its attempts instead of starting over each time."""
+    image = build_image(tmp_path, [LayerSpec(2 * MIB, seed=seed_for(request))])
+    layer = image.layers[0]
+    step = 600 * 1024
+    with RegistryClient(CredentialStore(use_ecr=False)) as direct:
+        ref = push(registry, direct, "resume-steps/app", image)
+    with HttpProxy(registry.host) as proxy:
+        proxy.cut_after(f"/blobs/{layer.digest}", step, method="GET", times=100)
+        via = Reference(proxy.host, ref.repository, digest=ref.digest)
+        with RegistryClient(CredentialStore(use_ecr=False)) as client:
+            pull(client, containerd_client, via, PullOptions(min_layer_size=THRESHOLD))
+        gets = [r for r in proxy.requests if r.method == "GET" and layer.digest in r.path]
+    starts = list(range(0, layer.size, step))
+    assert len(starts) <= BLOB_ATTEMPTS
+    assert _range_starts(gets) == [None, *starts[1:]]
+    assert sum(r.body_bytes for r in gets) == layer.size
     assert containerd_client.content.info(layer.digest).size == layer.size
 
 

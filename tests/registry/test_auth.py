@@ -4,6 +4,7 @@ import base64
 import json
 import logging
 import os
+import re
 import stat
 import sys
 import textwrap
@@ -101,6 +102,51 @@ def test_broken_config(tmp_path):
     assert "no-colon" not in str(info.value)
 
 
+@pytest.mark.parametrize("text", ["", "\n", "  \n\t"])
+def test_an_empty_config_is_an_empty_configuration(tmp_path, text):
+    """docker reads an empty (or blank) config.json as a configuration without credentials."""
+    (tmp_path / "config.json").write_text(text)
+    assert CredentialStore(docker_config_dir=tmp_path, use_ecr=False).get("ghcr.io") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("{", r"invalid JSON at line 1 column 2: Expecting property name"),
+        ("[1, 2]", r"not a JSON object"),
+        ('{"auths": {}}\n{"auths": {}}', r"invalid JSON at line 2 column 1: Extra data"),
+    ],
+)
+def test_a_malformed_config_says_where_and_what_to_do(tmp_path, text, problem):
+    path = tmp_path / "config.json"
+    path.write_text(text)
+    with pytest.raises(AuthError, match=problem) as info:
+        CredentialStore(docker_config_dir=tmp_path, use_ecr=False).get("ghcr.io")
+    line = str(info.value)
+    assert "\n" not in line and str(path) in line
+    assert (
+        info.value.hint == "fix or remove it, or point --docker-config or DOCKER_CONFIG at another directory"
+    )
+
+
+def test_an_unreadable_config_says_why(tmp_path):
+    (tmp_path / "config.json").mkdir()  # a directory where the file should be
+    with pytest.raises(AuthError) as info:
+        CredentialStore(docker_config_dir=tmp_path, use_ecr=False).get("ghcr.io")
+    assert re.fullmatch(r"cannot read docker config .*config\.json: Is a directory", info.value.message)
+    assert info.value.hint and "fix or remove it" in info.value.hint
+
+
+def test_credentials_say_where_they_came_from(tmp_path):
+    config = write_config(tmp_path / "docker", {"auths": {"ghcr.io": {"auth": b64("u:pw")}}})
+    explicit = {"quay.io": Credentials("alice", "pw")}
+    store = CredentialStore(explicit=explicit, docker_config_dir=config, use_ecr=False)
+    assert getattr(store.get("quay.io"), "source", None) == "--password-stdin"
+    assert getattr(store.get("ghcr.io"), "source", None) == "docker-config"
+    # ``source`` is not part of equality: the same username and password are the same credentials
+    assert store.get("ghcr.io") == Credentials("u", "pw")
+
+
 HELPER = textwrap.dedent(
     """\
     #!{python}
@@ -154,8 +200,17 @@ def test_cred_helpers_and_store(tmp_path, helper_path):
     assert store.get("docker.io") == Credentials("hub", "hub-secret")  # credsStore, Hub's server URL
     assert store.get("tok.example.com") == Credentials("<token>", "identity")
     assert store.get("unknown.example.com") is None  # "credentials not found" → anonymous
-    with pytest.raises(AuthError, match=r"docker-credential-testhelper get failed for fail\.example\.com"):
+    assert getattr(store.get("ghcr.io"), "source", None) == "docker-credential-testhelper"
+    with pytest.raises(AuthError) as info:
         store.get("fail.example.com")
+    assert (
+        info.value.message
+        == "docker-credential-testhelper get failed for fail.example.com: boom: keychain locked"
+    )
+    assert info.value.hint == (
+        "run `echo fail.example.com | docker-credential-testhelper get` yourself to see why, "
+        "or log in again with docker login"
+    )
     calls = helper_path.read_text().splitlines()
     assert calls[:3] == [
         "testhelper get ghcr.io",

@@ -113,14 +113,19 @@ def test_not_found(registry: RegistryServer, anon_client, images):
     with pytest.raises(NotFoundError, match=f"manifest {registry.host}/test/missing:v1 not found") as info:
         anon_client.get_manifest(ref)
     assert "\n" not in str(info.value)
+    assert info.value.hint == "check the repository and tag, and that you can pull it"
     assert anon_client.head_manifest(ref) is None
     digest = "sha256:" + "0" * 64
     assert anon_client.blob_exists(ref, digest) is False
-    with pytest.raises(NotFoundError, match="blob sha256:0000"):
+    with pytest.raises(NotFoundError, match="blob sha256:0000") as info:
         anon_client.open_blob(ref, digest)
+    assert info.value.hint and "push the image again" in info.value.hint
     push_image(anon_client, Reference.parse(f"{registry.host}/test/exists:v1"), images["big"])
     with pytest.raises(NotFoundError, match="MANIFEST_UNKNOWN"):
         anon_client.get_manifest(Reference.parse(f"{registry.host}/test/exists:nope"))
+    with pytest.raises(NotFoundError) as info:
+        anon_client.get_manifest(Reference.parse(f"{registry.host}/test/exists@{digest}"))
+    assert info.value.hint == "check the repository and digest, and that you can pull it"
 
 
 def test_blob_range_resume_through_proxy(registry: RegistryServer, anon_client, images, tmp_path):
@@ -358,11 +363,24 @@ def test_tls_basic_auth(tls_registry: RegistryServer, images, tmp_path):
     message = str(info.value)
     assert message.startswith(f"authentication to {tls_registry.host} failed")
     assert "testuser" in message and "wrong" not in message
+    assert info.value.hint == "check the username and the password piped to --password-stdin"
+
+    config = tmp_path / "docker"
+    config.mkdir()
+    auth = base64.b64encode(f"{user}:wrong".encode()).decode()
+    (config / "config.json").write_text(json.dumps({"auths": {tls_registry.host: {"auth": auth}}}))
+    stale = CredentialStore(use_ecr=False, docker_config_dir=config)
+    with RegistryClient(stale, ca_file=tls_registry.ca_file) as client, pytest.raises(AuthError) as info:
+        client.get_manifest(ref)
+    assert info.value.hint == (
+        f"log in again with docker login {tls_registry.host}, or pass --username and --password-stdin"
+    )
 
     nobody = CredentialStore(use_ecr=False, docker_config_dir=tmp_path)
     with RegistryClient(nobody, ca_file=tls_registry.ca_file) as client, pytest.raises(AuthError) as info:
         client.get_manifest(ref)
     assert "requires credentials and none were found" in str(info.value)
+    assert info.value.hint and "docker login" in info.value.hint
 
 
 def test_tls_untrusted_certificate(tls_registry: RegistryServer, tmp_path):

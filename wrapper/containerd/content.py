@@ -224,10 +224,11 @@ class ContentService:
     ) -> WriteResult:
         """Store a blob of ``total`` bytes with digest ``expected``, resuming the ingest ``ref``.
 
-        ``source(offset)`` must yield the blob's bytes from ``offset`` on. If it raises, what it
-        produced so far stays in the ingest and the exception propagates; a later write() with the same
-        ref continues from there. A stream failure raises ContainerdError (the ingest is kept too). A
-        commit that fails verification (digest or size) raises ContainerdError and drops the ingest.
+        ``source(offset)`` must yield the blob's bytes from ``offset`` on. If it raises, every byte it
+        produced so far (a last piece shorter than a chunk too) stays in the ingest and the exception
+        propagates; a later write() with the same ref continues from exactly there. A stream failure
+        raises ContainerdError (the ingest is kept too). A commit that fails verification (digest or
+        size) raises ContainerdError and drops the ingest.
         ``on_progress(n)`` is called with the size of each chunk handed to the stream.
         """
         waited = 0.0
@@ -274,7 +275,9 @@ class ContentService:
 
             # 2. WRITE: everything from `offset` on, without waiting for each answer.
             try:
-                for chunk in rechunk(_guard(source, offset), CHUNK_SIZE):
+                # A source that breaks off has what it produced since the last full chunk flushed first: the
+                # ingest then holds every byte it gave, and a resume starts exactly where it broke.
+                for chunk in rechunk(_guard(source, offset), CHUNK_SIZE, flush_on_error=True):
                     request = content_pb2.WriteContentRequest(
                         action=action.WRITE, ref=ref, offset=offset, data=chunk
                     )

@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,12 @@ IDENTITY_TOKEN_USER = "<token>"
 # Re-fetch AWS tokens this long before they expire.
 _TOKEN_MARGIN_SECONDS = 300.0
 _HELPER_TIMEOUT_SECONDS = 30.0
+# Where credentials came from (``Credentials.source``), for the hint when a registry rejects them. A credential
+# helper's source is its program name, ``docker-credential-NAME``.
+SOURCE_EXPLICIT = "--password-stdin"
+SOURCE_ECR = "ecr"
+SOURCE_ECR_PUBLIC = "ecr-public"
+SOURCE_DOCKER_CONFIG = "docker-config"
 
 
 _ClientFactory = Callable[[str, str], Any]
@@ -40,10 +46,12 @@ _ClientFactory = Callable[[str, str], Any]
 
 @dataclass(frozen=True)
 class Credentials:
-    """A username and a secret (password, token). The secret is left out of repr."""
+    """A username and a secret (password, token). The secret is left out of repr. ``source``: where they
+    came from (a ``SOURCE_*`` value or a credential helper's program name; not part of equality)."""
 
     username: str
     password: str = field(repr=False)
+    source: str = field(default="", compare=False)
 
     @property
     def is_identity_token(self) -> bool:
@@ -78,7 +86,10 @@ class CredentialStore:
         docker_config_dir: Path | None = None,
         use_ecr: bool = True,
     ) -> None:
-        self._explicit = {normalize_host(h): c for h, c in (explicit or {}).items()}
+        self._explicit = {
+            normalize_host(h): c if c.source else replace(c, source=SOURCE_EXPLICIT)
+            for h, c in (explicit or {}).items()
+        }
         self._docker_config_dir = docker_config_dir
         self._use_ecr = use_ecr
         self._lock = threading.Lock()
@@ -154,14 +165,7 @@ class CredentialStore:
 
     def _from_docker_config(self, host: str) -> Credentials | None:
         path = self._config_path()
-        try:
-            config = json.loads(path.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            raise AuthError(f"cannot read docker config {path}: {one_line(exc)}") from None
-        if not isinstance(config, dict):
-            raise AuthError(f"cannot read docker config {path}: not a JSON object")
+        config = read_docker_config(path)
         server = DOCKER_HUB_CONFIG_KEY if host == DOCKER_HUB else host
         helpers = config.get("credHelpers") or {}
         if isinstance(helpers, dict):
@@ -181,6 +185,35 @@ class CredentialStore:
         return None
 
 
+def read_docker_config(path: Path) -> dict[str, Any]:
+    """A docker config.json as a dict: ``{}`` when there is none, or when it is empty (docker reads an empty or
+    blank file as an empty configuration). AuthError, with what to do, when it cannot be read or parsed."""
+    hint = "fix or remove it, or point --docker-config or DOCKER_CONFIG at another directory"
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AuthError(f"cannot read docker config {path}: {_os_problem(exc)}", hint=hint) from None
+    if not text.strip():
+        return {}
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        raise AuthError(f"cannot read docker config {path}: {where}", hint=hint) from None
+    if not isinstance(config, dict):
+        raise AuthError(f"cannot read docker config {path}: not a JSON object", hint=hint)
+    return config
+
+
+def _os_problem(exc: BaseException) -> str:
+    """``strerror`` of an OSError (without the path, which the message names already), else the text."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return one_line(exc)
+
+
 def _config_key_host(key: str) -> str:
     """The host a config.json key names: ``https://index.docker.io/v1/`` → ``docker.io``."""
     key = key.strip()
@@ -192,21 +225,25 @@ def _config_key_host(key: str) -> str:
 def _parse_auth_entry(entry: dict[str, Any], host: str, path: Path) -> Credentials | None:
     token = entry.get("identitytoken")
     if token:
-        return Credentials(IDENTITY_TOKEN_USER, str(token))
+        return Credentials(IDENTITY_TOKEN_USER, str(token), SOURCE_DOCKER_CONFIG)
     auth = entry.get("auth")
     if auth:
         try:
             decoded = base64.b64decode(str(auth), validate=False).decode()
         except (binascii.Error, UnicodeDecodeError):
             raise AuthError(
-                f"invalid 'auth' entry for {host} in {path}: not base64 of user:password"
+                f"invalid 'auth' entry for {host} in {path}: not base64 of user:password",
+                hint=f"log in again with docker login {host}, or fix the entry",
             ) from None
         user, sep, password = decoded.partition(":")
         if not sep:
-            raise AuthError(f"invalid 'auth' entry for {host} in {path}: expected user:password")
-        return Credentials(user, password)
+            raise AuthError(
+                f"invalid 'auth' entry for {host} in {path}: expected user:password",
+                hint=f"log in again with docker login {host}, or fix the entry",
+            )
+        return Credentials(user, password, SOURCE_DOCKER_CONFIG)
     if entry.get("username") and entry.get("password"):
-        return Credentials(str(entry["username"]), str(entry["password"]))
+        return Credentials(str(entry["username"]), str(entry["password"]), SOURCE_DOCKER_CONFIG)
     return None
 
 
@@ -227,24 +264,38 @@ def _run_helper(name: str, server: str) -> Credentials | None:
             check=False,
         )
     except subprocess.TimeoutExpired:
-        raise AuthError(f"{program} get timed out for {server}") from None
+        raise AuthError(
+            f"{program} get timed out after {_HELPER_TIMEOUT_SECONDS:.0f} s for {server}",
+            hint=_helper_hint(program, server, "; does it wait for a prompt or a locked keychain?"),
+        ) from None
     except OSError as exc:
-        raise AuthError(f"cannot run {program}: {one_line(exc)}") from None
+        raise AuthError(
+            f"cannot run {program}: {_os_problem(exc)}", hint="reinstall it, or remove it from config.json"
+        ) from None
     out = proc.stdout.decode(errors="replace").strip()
     if proc.returncode != 0:
         if "credentials not found" in out.lower():
             log.debug("%s has no credentials for %s", program, server)
             return None
         # The helper's own message, which does not hold the secret.
-        raise AuthError(f"{program} get failed for {server}: {one_line(out or proc.stderr.decode())}")
+        said = one_line(out or proc.stderr.decode(errors="replace"))[:300] or f"exit status {proc.returncode}"
+        raise AuthError(f"{program} get failed for {server}: {said}", hint=_helper_hint(program, server))
     try:
         data = json.loads(out)
         username, secret = str(data["Username"]), str(data["Secret"])
     except (ValueError, KeyError, TypeError):
-        raise AuthError(f"{program} get returned unexpected output for {server}") from None
+        raise AuthError(
+            f"{program} get returned unexpected output for {server}", hint=_helper_hint(program, server)
+        ) from None
     if not secret:
         return None
-    return Credentials(username, secret)
+    return Credentials(username, secret, program)
+
+
+def _helper_hint(program: str, server: str, extra: str = "") -> str:
+    return (
+        f"run `echo {server} | {program} get` yourself to see why{extra}, or log in again with docker login"
+    )
 
 
 # AWS --------------------------------------------------------------------------------------------------
@@ -261,14 +312,14 @@ def _boto_client(service: str, region: str) -> Any:
     return boto3.session.Session().client(service, config=config)  # type: ignore[call-overload]
 
 
-def _decode_token(token: str, host: str) -> Credentials:
+def _decode_token(token: str, host: str, source: str) -> Credentials:
     try:
         user, sep, password = base64.b64decode(token).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError):
         raise AuthError(f"AWS returned an unreadable authorization token for {host}") from None
     if not sep or not password:
         raise AuthError(f"AWS returned an unreadable authorization token for {host}")
-    return Credentials(user, password)
+    return Credentials(user, password, source)
 
 
 def _expiry(value: Any) -> float:
@@ -287,7 +338,7 @@ def _ecr_token(
         data = response["authorizationData"][0]
     except Exception as exc:
         raise _map_aws_error(exc, host) from None
-    return _decode_token(data["authorizationToken"], host), _expiry(data.get("expiresAt"))
+    return _decode_token(data["authorizationToken"], host, SOURCE_ECR), _expiry(data.get("expiresAt"))
 
 
 def _ecr_public_token(client_for: _ClientFactory, host: str) -> tuple[Credentials, float]:
@@ -297,7 +348,7 @@ def _ecr_public_token(client_for: _ClientFactory, host: str) -> tuple[Credential
         data = client.get_authorization_token()["authorizationData"]
     except Exception as exc:
         raise _map_aws_error(exc, host) from None
-    return _decode_token(data["authorizationToken"], host), _expiry(data.get("expiresAt"))
+    return _decode_token(data["authorizationToken"], host, SOURCE_ECR_PUBLIC), _expiry(data.get("expiresAt"))
 
 
 _AUTH_CODES = frozenset(

@@ -23,7 +23,7 @@ from urllib.parse import urlencode, urlsplit
 
 from wrapper.errors import AuthError, WrapperError
 from wrapper.registry.auth import Credentials, CredentialStore
-from wrapper.registry.errcode import Transient, detail_suffix
+from wrapper.registry.errcode import Transient, detail_suffix, rejected_hint
 from wrapper.registry.httpio import add_query, retry_after
 
 # How much of a token server's answer is read.
@@ -131,7 +131,8 @@ class Authorizer:
             if sent is not None and sent == basic(credentials):
                 raise AuthError(
                     f"authentication to {registry} failed: credentials for user {credentials.username!r} "
-                    "were rejected"
+                    "were rejected",
+                    hint=rejected_hint(credentials, registry),
                 )
             return
         token = self._fetch_token(registry, challenge, token_scope=challenge.params.get("scope") or scope)
@@ -163,14 +164,19 @@ class Authorizer:
             status, answer_headers, data = self._fetch("GET", add_query(realm, params), headers, None)
         realm_host = urlsplit(realm).netloc
         if status in (401, 403):
-            who = (
-                f"user {credentials.username!r}"
-                if credentials and not credentials.is_identity_token
-                else "us"
-            )
+            if credentials is None:
+                who, hint = (
+                    "us",
+                    f"log in with docker login {registry}, or pass --username and --password-stdin",
+                )
+            elif credentials.is_identity_token:
+                who, hint = "the identity token", f"log in again with docker login {registry}"
+            else:
+                who, hint = f"user {credentials.username!r}", rejected_hint(credentials, registry)
             raise AuthError(
                 f"authentication to {registry} failed: token server {realm_host} refused {who} "
-                f"(HTTP {status}{detail_suffix(data)})"
+                f"(HTTP {status}{detail_suffix(data)})",
+                hint=hint,
             )
         if status == 429 or status >= 500:
             raise Transient(

@@ -6,7 +6,8 @@ RegistryClient is the façade the rest of the project uses. The work is cut alon
   pool, authentication, redirects, retries of transient failures, the mapping of error statuses);
 * ``authorizer``: challenges, Basic credentials and Bearer tokens;
 * ``errcode``: a registry's error answers and broken connections as the project's exception types;
-* ``manifests``, ``blobs`` (reads, resumed with Range), ``uploads`` and ``referrers``: the API itself.
+* ``manifests``, ``blobs`` (reads, resumed with Range), ``uploads``, ``referrers`` and ``tags``: the API
+  itself.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from types import TracebackType
 
 from wrapper import __version__
 from wrapper.models import Descriptor
-from wrapper.registry import blobs, manifests, referrers, uploads
+from wrapper.registry import blobs, manifests, referrers, tags, uploads
 from wrapper.registry.auth import CredentialStore
 from wrapper.registry.blobs import BlobStream
 from wrapper.registry.errcode import BlobReadError, SourceMismatchError
@@ -143,6 +144,15 @@ class RegistryClient:
         Uses the referrers API; where the registry has none (404), the referrers tag ``sha256-<hex>``.
         """
         return referrers.get_referrers(self._transport, ref, subject_digest, artifact_type)
+
+    # Tags ---------------------------------------------------------------------------------------------
+    def list_tags(self, ref: Reference, *, limit: int = 1000, page_size: int = tags.PAGE_SIZE) -> list[str]:
+        """The tags of ``ref``'s repository (its tag or digest does not matter), at most ``limit``.
+
+        Pages of ``page_size`` tags (``n=``), following the registry's ``Link: <...>; rel="next"`` until
+        there is none or ``limit`` tags are in hand; NotFoundError for a repository the registry does not know.
+        """
+        return tags.list_tags(self._transport, ref, limit=limit, page_size=page_size)
 
 
 __all__ = [

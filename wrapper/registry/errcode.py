@@ -13,7 +13,7 @@ import re
 import socket
 
 from wrapper.errors import AuthError, NotFoundError, RegistryError, WrapperError
-from wrapper.registry.auth import Credentials
+from wrapper.registry.auth import SOURCE_ECR, SOURCE_ECR_PUBLIC, SOURCE_EXPLICIT, Credentials
 from wrapper.util import one_line
 
 # How much of an error answer is read to explain it.
@@ -91,19 +91,54 @@ def status_error(
             "pass --ca-file with the CA of its certificate",
         )
     if status == 404:
-        return NotFoundError(f"{what} not found on {registry}{suffix}")
+        return NotFoundError(f"{what} not found on {registry}{suffix}", hint=not_found_hint(what, method))
     if status == 401:
         if credentials is not None and not credentials.is_identity_token:
             return AuthError(
                 f"authentication to {registry} failed: credentials for user {credentials.username!r} "
-                f"were rejected (HTTP 401{suffix})"
+                f"were rejected (HTTP 401{suffix})",
+                hint=rejected_hint(credentials, registry),
             )
-        return AuthError(f"authentication to {registry} failed: access to {what} denied (HTTP 401{suffix})")
+        return AuthError(
+            f"authentication to {registry} failed: access to {what} denied (HTTP 401{suffix})",
+            hint=f"log in with docker login {registry}, or pass --username and --password-stdin; "
+            "check the repository name too (some registries deny what does not exist)",
+        )
     if status == 403:
         return AuthError(
-            f"authentication to {registry} failed: access to {what} forbidden (HTTP 403{suffix})"
+            f"authentication to {registry} failed: access to {what} forbidden (HTTP 403{suffix})",
+            hint="check that these credentials may "
+            + ("push to" if method in ("POST", "PUT", "PATCH", "DELETE") else "pull from")
+            + " this repository",
         )
     return RegistryError(f"{registry} refused {method} for {what}: HTTP {status}{suffix}")
+
+
+def not_found_hint(what: str, method: str = "GET") -> str:
+    """What to do when ``what`` (``manifest REF``, ``blob DIGEST ...``, ``upload of ...``) is not found."""
+    if what.startswith("upload ") or method in ("POST", "PUT", "PATCH"):
+        return "check the repository name; some registries (ECR) need the repository created first"
+    if what.startswith("manifest "):
+        named = "digest" if "@sha256:" in what else "tag"
+        return f"check the repository and {named}, and that you can pull it"
+    if what.startswith("blob "):
+        return "the image refers to a blob the registry does not hold; push the image again"
+    return "check the repository name, and that you can pull it"
+
+
+def rejected_hint(credentials: Credentials, registry: str) -> str:
+    """What to do when ``registry`` rejects ``credentials`` (by where they came from)."""
+    source = credentials.source
+    if source == SOURCE_EXPLICIT:
+        return "check the username and the password piped to --password-stdin"
+    if source.startswith("docker-credential-"):
+        return (
+            f"log in again with docker login {registry} (the password comes from {source}), or pass "
+            "--username and --password-stdin"
+        )
+    if source in (SOURCE_ECR, SOURCE_ECR_PUBLIC):
+        return "check the AWS credentials and that they may pull from this repository"
+    return f"log in again with docker login {registry}, or pass --username and --password-stdin"
 
 
 def caused_by(exc: BaseException, kind: type[BaseException]) -> bool:

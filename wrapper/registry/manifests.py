@@ -22,6 +22,12 @@ from wrapper.registry.transport import MAX_MANIFEST_BYTES, Transport
 
 # Content types that do not say which kind of manifest a body is: the body does.
 _GENERIC_CONTENT_TYPES = frozenset({"", "application/json", "text/plain", "application/octet-stream"})
+# What to do about a manifest that is not one: the address is not a registry's, or something in between answers.
+_NOT_A_MANIFEST_HINT = (
+    "the registry, or a proxy in front of it, did not answer with a manifest; check the registry address "
+    "and that it is a container registry"
+)
+_TOO_LARGE_HINT = "rebuild the image so that its manifest is smaller: fewer layers, shorter annotations"
 _SCHEMA1_MESSAGE = (
     "{ref} uses Docker schema 1, which is not supported; rebuild/push it with a current Docker or buildx"
 )
@@ -37,7 +43,9 @@ class Manifest:
     def json(self) -> dict[str, Any]:
         data = json.loads(self.body)
         if not isinstance(data, dict):
-            raise RegistryError(f"manifest {self.descriptor.digest} is not a JSON object")
+            raise RegistryError(
+                f"manifest {self.descriptor.digest} is not a JSON object", hint=_NOT_A_MANIFEST_HINT
+            )
         return data
 
 
@@ -60,9 +68,13 @@ def get_manifest(transport: Transport, ref: Reference, reference: str | None = N
         ref=ref,
         headers={"Accept": ", ".join(MANIFEST_ACCEPT)},
         what=f"manifest {target}",
+        too_large_hint=_TOO_LARGE_HINT,
     )
     if len(body) > MAX_MANIFEST_BYTES:
-        raise RegistryError(f"manifest {target} is over the 4 MiB limit")
+        raise RegistryError(
+            f"manifest {target} is more than {MAX_MANIFEST_BYTES} bytes, over the 4 MiB limit",
+            hint=_TOO_LARGE_HINT,
+        )
     content_type = media_type(response.headers.get("Content-Type"))
     kind = manifest_media_type(target, content_type, body)
     digest = sha256(body)
@@ -137,9 +149,9 @@ def manifest_media_type(target: str, content_type: str, body: bytes) -> str:
     try:
         doc = json.loads(body)
     except ValueError:
-        raise RegistryError(f"manifest {target} is not valid JSON") from None
+        raise RegistryError(f"manifest {target} is not valid JSON", hint=_NOT_A_MANIFEST_HINT) from None
     if not isinstance(doc, dict):
-        raise RegistryError(f"manifest {target} is not a JSON object")
+        raise RegistryError(f"manifest {target} is not a JSON object", hint=_NOT_A_MANIFEST_HINT)
     body_type = doc.get("mediaType") if isinstance(doc.get("mediaType"), str) else ""
     if content_type in SCHEMA1_TYPES or body_type in SCHEMA1_TYPES or doc.get("schemaVersion") == 1:
         raise RegistryError(_SCHEMA1_MESSAGE.format(ref=target))
@@ -151,4 +163,7 @@ def manifest_media_type(target: str, content_type: str, body: bytes) -> str:
         return OCI_INDEX
     if "layers" in doc or "config" in doc:
         return OCI_MANIFEST
-    raise RegistryError(f"cannot tell the media type of manifest {target}")
+    raise RegistryError(
+        f"cannot tell the media type of manifest {target}: no Content-Type, mediaType, layers or manifests",
+        hint="push the image with a current docker, buildx or crane, which set its media type",
+    )

@@ -180,11 +180,19 @@ class Transport:
 
     # Requests -----------------------------------------------------------------------------------------
     def get_small(
-        self, url: str, *, ref: Reference, what: str, headers: Mapping[str, str], allow: Container[int] = ()
+        self,
+        url: str,
+        *,
+        ref: Reference,
+        what: str,
+        headers: Mapping[str, str],
+        allow: Container[int] = (),
+        too_large_hint: str | None = None,
     ) -> tuple[urllib3.BaseHTTPResponse, bytes]:
         """GET a small document (a manifest, a referrers list), reading its body inside the retry loop so
         that a connection lost mid-body is retried like one lost before the headers. At most 4 MiB + 1 byte
-        is read (callers check the limit); a larger declared Content-Length is refused at once."""
+        is read (callers check the limit); a larger declared Content-Length is refused at once (RegistryError
+        with ``too_large_hint``)."""
         retrying = self.retrying(ref.registry)
         try:
             for attempt in retrying:
@@ -195,7 +203,9 @@ class Transport:
                     try:
                         declared = response.headers.get("Content-Length")
                         if declared is not None and declared.isdigit() and int(declared) > MAX_MANIFEST_BYTES:
-                            raise RegistryError(f"{what} is {declared} bytes, over the 4 MiB limit")
+                            raise RegistryError(
+                                f"{what} is {declared} bytes, over the 4 MiB limit", hint=too_large_hint
+                            )
                         return response, read_limited(response, MAX_MANIFEST_BYTES + 1)
                     finally:
                         discard(response)
