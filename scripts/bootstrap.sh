@@ -241,6 +241,50 @@ fi
 tool_install zot "$ZOT_VERSION" zot .deps/bin/zot .deps/zot-build-error.txt
 fi
 
+# c. soci-snapshotter-grpc, the snapshotter daemon that consumes SOCI indexes (`soci-wrapper verify`'s
+#    consumer level and its tests), from the same source tarball as soci (sha256-checked, as in section 2),
+#    cached next to soci as $cache_root/soci-$SOCI_VERSION/soci-snapshotter-grpc and linked as
+#    .deps/bin/soci-snapshotter-grpc. Not fatal: .deps/soci-snapshotter-grpc-build-error.txt says why it is
+#    missing. Skipped with SOCI_WRAPPER_RUNTIME_ONLY=1 unless SOCI_WRAPPER_WITH_SNAPSHOTTER=1.
+snapshotter_ok() { [[ -x "$1" ]] && "$1" --version 2>/dev/null | grep -q " ${SOCI_VERSION} ${SOCI_COMMIT}"; }
+if [[ "${SOCI_WRAPPER_RUNTIME_ONLY:-}" != 1 || "${SOCI_WRAPPER_WITH_SNAPSHOTTER:-}" == 1 ]]; then
+  snap_tarball="${SOCI_SOURCE:-$(dirname "$root")/shared/third_party/soci-snapshotter/soci-snapshotter-$SOCI_VERSION.tar.gz}"
+  tool_error=""
+  if ! snapshotter_ok "$cache_root/soci-$SOCI_VERSION/soci-snapshotter-grpc"; then
+    got=""
+    [[ -f "$snap_tarball" ]] && got="$(sha256sum "$snap_tarball" | cut -d' ' -f1)" || true
+    if [[ ! -f "$snap_tarball" ]]; then
+      tool_error="soci-snapshotter source tarball $snap_tarball does not exist (set SOCI_SOURCE to the soci-snapshotter $SOCI_VERSION source tarball)"
+    elif [[ "$got" != "$SOCI_SOURCE_SHA256" ]]; then
+      tool_error="soci-snapshotter source tarball $snap_tarball has sha256 ${got:-(unreadable)}, expected $SOCI_SOURCE_SHA256; not used"
+    fi
+  fi
+  if [[ -z "$tool_error" ]]; then
+    snapshotter_ok "$cache_root/soci-$SOCI_VERSION/soci-snapshotter-grpc" ||
+      log "soci-snapshotter-grpc $SOCI_VERSION: building from $snap_tarball (sha256 verified)"
+    TARBALL="$snap_tarball" LDFLAGS="$ldflags" \
+      tool_build soci "$SOCI_VERSION" soci-snapshotter-grpc snapshotter_ok '
+        export GOTOOLCHAIN=local CGO_ENABLED=1
+        tar -xzf "$TARBALL" -C "$BUILD_DIR"
+        src="$(find "$BUILD_DIR" -mindepth 1 -maxdepth 1 -type d | head -n 1)"
+        cd "$src/cmd"
+        go build -trimpath -ldflags "$LDFLAGS" -o "$OUT/soci-snapshotter-grpc" ./soci-snapshotter-grpc' ||
+      tool_error="soci-snapshotter-grpc: $tool_error"
+  fi
+  # (tool_install would name it "soci" in its warning: the cache directory is soci's.)
+  snap_error=.deps/soci-snapshotter-grpc-build-error.txt
+  if [[ -z "$tool_error" ]]; then
+    ln -sfn "$cache_root/soci-$SOCI_VERSION/soci-snapshotter-grpc" .deps/bin/soci-snapshotter-grpc
+    rm -f "$snap_error"
+  else
+    rm -f .deps/bin/soci-snapshotter-grpc
+    printf '%s\n' "$tool_error" > "$snap_error"
+    log "WARNING: soci-snapshotter-grpc $SOCI_VERSION is not available (verify's consumer level does not run;" \
+        "tests that need it are skipped, or fail under CI=true):"
+    sed 's/^/bootstrap:   /' "$snap_error" >&2
+  fi
+fi
+
 # --- 4. Python environment --------------------------------------------------------------------------------
 py="${PYTHON:-python3}"
 if [[ ! -x .venv/bin/python ]]; then

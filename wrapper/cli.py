@@ -25,9 +25,17 @@ from wrapper.errors import ExitCode, UsageError, WrapperError
 from wrapper.models import Platform, validate_digest
 from wrapper.progress import human_size, make_reporter
 from wrapper.pull import DEFAULT_MIN_LAYER_SIZE, PullOptions
+from wrapper.verify.console import DESCRIPTION as VERIFY_DESCRIPTION
+from wrapper.verify.console import (
+    add_index_verify_flag,
+    add_verify_arguments,
+    print_verify,
+    verify_indexed,
+)
+from wrapper.verify.console import request_from_args as verify_request_from_args
 
 PROG = "soci-wrapper"
-COMMANDS = ("index", "pull", "doctor")
+COMMANDS = ("index", "pull", "doctor", "verify")
 
 EXIT_CODES_HELP = """\
 exit codes:
@@ -42,6 +50,8 @@ exit codes:
   7    soci failed
   8    nothing to index: every layer is smaller than --min-layer-size
   9    a required program (containerd, soci) is missing
+  10   verify: a checked platform has no SOCI index
+  11   verify: a SOCI index exists but is invalid (the report names the platform, layer and check)
   12   several images: at least one failed (each image's code and error are in the report)
   130  interrupted
 """
@@ -157,6 +167,12 @@ def build_parser() -> _Parser:
     g.add_argument(
         "--endpoint-override", action="append", type=parse_override, default=[], help=argparse.SUPPRESS
     )
+    g.add_argument(
+        "--registry-read-timeout",
+        type=float,
+        default=None,
+        help="seconds without a byte from the registry before a request is tried again (default: 120)",
+    )
 
     daemon = _Parser(add_help=False)
     g = daemon.add_argument_group("containerd")
@@ -253,6 +269,7 @@ def build_parser() -> _Parser:
     g.add_argument("--output-tag", help="tag for the SOCI-enabled image (required for V2, ignored for V1)")
     g.add_argument("--span-size", type=parse_size, help="zTOC span size (soci's default: 4MiB)")
     g.add_argument("--force", action="store_true", help="rebuild and push even when an index already exists")
+    add_index_verify_flag(g)
     g.add_argument("--soci-bin", help="soci binary (default: $SOCI_BIN, .deps/bin/soci, then PATH)")
     g = p.add_argument_group("zTOC reuse (index only what is new)")
     g.add_argument(
@@ -299,6 +316,16 @@ def build_parser() -> _Parser:
     p.add_argument("--containerd-address", help="check this containerd socket instead of the binary")
     p.add_argument("--containerd-bin", default="containerd")
     p.add_argument("--soci-bin")
+
+    p = sub.add_parser(
+        "verify",
+        parents=[output, registry, daemon],
+        formatter_class=fmt,
+        help="check that an image's SOCI index serves lazy loading (registry, content, snapshotter)",
+        description=VERIFY_DESCRIPTION,
+        epilog=EXIT_CODES_HELP,
+    )
+    add_verify_arguments(p)
     return parser
 
 
@@ -378,6 +405,7 @@ def _registry_options(args: argparse.Namespace, stdin: Callable[[], str]) -> Any
         ca_file=args.ca_file,
         plain_http=args.plain_http,
         endpoint_overrides=tuple(args.endpoint_override),
+        read_timeout=_read_timeout(args.registry_read_timeout),
     )
 
 
@@ -418,6 +446,14 @@ def _check_ca_file(path: str) -> None:
         f"cannot use --ca-file {path}: {problem}",
         hint="pass a PEM file with the CA certificate that signed the registry's certificate",
     )
+
+
+def _read_timeout(value: float | None) -> float:
+    if value is None:
+        return 120.0
+    if not math.isfinite(value) or value <= 0:
+        raise UsageError(f"--registry-read-timeout must be a positive number of seconds, not {value}")
+    return value
 
 
 def _daemon_options(args: argparse.Namespace) -> Any:
@@ -471,6 +507,8 @@ def cmd_index(args: argparse.Namespace, out: Console, err: Console, stdin: Calla
 
     many = _many_references(args, stdin)
     if many is not None:
+        if args.verify:
+            raise UsageError("--verify checks one image", hint="run `soci-wrapper verify` for each image")
         reporter.close()
         return _index_many(args, [request_for(ref) for ref in many], out, stdin)
     if args.max_concurrent_images is not None:
@@ -479,11 +517,19 @@ def cmd_index(args: argparse.Namespace, out: Console, err: Console, stdin: Calla
     registry_options = _registry_options(args, stdin)
     try:
         report = run_index(request, registry_options, _daemon_options(args), reporter)
+        verified = (
+            verify_indexed(request, report, registry_options, _daemon_options(args), reporter)
+            if args.verify
+            else None
+        )
     finally:
         reporter.close()
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
-        return ExitCode.OK
+        doc = report.to_json()
+        if verified is not None:
+            doc["verify"] = verified.to_json()
+        print(json.dumps(doc, indent=2))
+        return verified.exit_code if verified is not None else ExitCode.OK
     if report.status == "not-an-image":
         err.print(f"{report.image} is not an image to index ({report.reason}); nothing to do")
         return ExitCode.OK
@@ -522,6 +568,9 @@ def cmd_index(args: argparse.Namespace, out: Console, err: Console, stdin: Calla
     if report.work_dir:
         table.add_row("work dir", report.work_dir)
     out.print(table)
+    if verified is not None:
+        print_verify(out, verified)
+        return verified.exit_code
     return ExitCode.OK
 
 
@@ -638,7 +687,27 @@ def cmd_doctor(args: argparse.Namespace, out: Console, err: Console, stdin: Call
     return ExitCode.OK if report.ok else ExitCode.MISSING_DEPENDENCY
 
 
-HANDLERS = {"index": cmd_index, "pull": cmd_pull, "doctor": cmd_doctor}
+def cmd_verify(args: argparse.Namespace, out: Console, err: Console, stdin: Callable[[], str]) -> int:
+    from wrapper.verify.run import run_verify
+
+    request = verify_request_from_args(args)
+    registry_options = _registry_options(args, stdin)
+    reporter = make_reporter(quiet=args.quiet)
+    try:
+        report = run_verify(request, registry_options, _daemon_options(args), reporter)
+    finally:
+        reporter.close()
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print_verify(out, report)
+    error = report.error()  # NoSociIndexError (10) or SociIndexInvalidError (11); the report has the details
+    if error is not None:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+    return report.exit_code
+
+
+HANDLERS = {"index": cmd_index, "pull": cmd_pull, "doctor": cmd_doctor, "verify": cmd_verify}
 
 
 def _normalise_argv(argv: Sequence[str]) -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTO_PACKAGE = Path("wrapper/containerd/_proto")
-SERVICES = ("content", "images", "leases", "namespace", "version")
+SERVICES = ("content", "images", "leases", "namespace", "snapshots", "version")
 
 
 def _generated(directory: Path) -> list[str]:
@@ -34,7 +34,7 @@ def test_committed_stubs_are_up_to_date(tmp_path: Path) -> None:
 
 def test_every_proto_has_stubs_and_they_import() -> None:
     protos = sorted(p.stem for p in (ROOT / "protos" / PROTO_PACKAGE).glob("*.proto"))
-    assert protos == sorted([*SERVICES, "descriptor"])
+    assert protos == sorted([*SERVICES, "descriptor", "mount"])
     for name in protos:
         module = importlib.import_module(f"wrapper.containerd._proto.{name}_pb2")
         assert module.DESCRIPTOR.name == f"{PROTO_PACKAGE}/{name}.proto"

@@ -30,7 +30,9 @@ UPSTREAM = {
     "leases": API / "services/leases/v1/leases.proto",
     "namespace": API / "services/namespaces/v1/namespace.proto",
     "version": API / "services/version/v1/version.proto",
+    "snapshots": API / "services/snapshots/v1/snapshots.proto",
     "descriptor": API / "types/descriptor.proto",
+    "mount": API / "types/mount.proto",
 }
 
 Files = list[descriptor_pb2.FileDescriptorProto]
@@ -155,7 +157,7 @@ def test_our_protos_match_containerds(our_files: Files, upstream_files: Files) -
     assert ".containerd.services.content.v1.WriteContentRequest" in mine.messages
     assert ".containerd.services.images.v1.Image.LabelsEntry" in mine.messages
     assert ".containerd.services.content.v1.WriteAction" in mine.enums
-    assert len(mine.services) == 5
+    assert len(mine.services) == 6
 
 
 @pytest.mark.parametrize(

@@ -721,3 +721,28 @@ def test_cli_v2_push_of_a_blob_corrupted_on_the_way_fails_cleanly(
     assert paths(proxy.requests, "PUT", MANIFESTS) == []
     assert direct.head_manifest(Reference(upstream.host, repo), "soci") is None
     assert list((tmp_path / "w").iterdir()) == []
+
+
+def test_cli_registry_read_timeout_is_honoured(
+    proxy: HttpProxy,
+    direct: RegistryClient,
+    upstream: RegistryServer,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """``--registry-read-timeout``: a registry slower than it once is asked again, not waited for."""
+    image = small_image(tmp_path, request)
+    repo = f"pull/{repo_name(request)}"
+    push(upstream, direct, repo, image)
+    proxy.delay(rf"{BLOBS}{image.layers[0].digest[7:]}", DELAY, method="GET")
+    ref = Reference(proxy.host, repo, tag="v1")
+    proc = run_cli(
+        "pull", str(ref), "--min-layer-size", "1MiB", "--registry-read-timeout", str(READ_TIMEOUT), "--json",
+        "--work-dir", str(tmp_path / "w"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    gets = paths(proxy.requests, "GET", rf"{BLOBS}{image.layers[0].digest[7:]}")
+    assert len(gets) == 2 and gets[0].delayed, gets
+    assert READ_TIMEOUT <= gets[1].at - gets[0].at < DELAY
+    bad = run_cli("pull", str(ref), "--registry-read-timeout", "0")
+    assert bad.returncode == ExitCode.USAGE and "--registry-read-timeout must be a positive" in bad.stderr
