@@ -10,7 +10,8 @@ It relays requests one at a time per connection (clients such as urllib3 do not 
 * can cut the connection in the middle of a matching request's body (``cut_request_after``), as a network
   failure during an upload would;
 * can slow the response bodies of every matching request down to a number of bytes per second
-  (``throttle``), so that a transfer is reliably still running when a test acts on it;
+  (``throttle``), or their request bodies (``throttle(..., request=True)``: an upload), so that a transfer
+  is reliably still running when a test acts on it;
 * can reset the connection (TCP RST) instead of closing it after N response-body bytes
   (``cut_after(..., reset=True)``), as a dropped connection would;
 * can hold a matching response back for some seconds, before its head or after N body bytes (``delay``), as
@@ -18,7 +19,10 @@ It relays requests one at a time per connection (clients such as urllib3 do not 
 * can flip one byte of a matching response's or request's body (``corrupt``), so that a blob no longer
   matches its digest;
 * can demand a valid Bearer token on every request (``require_bearer``), answering 401 with a
-  ``WWW-Authenticate`` challenge otherwise, as a registry with a token server does.
+  ``WWW-Authenticate`` challenge otherwise, as a registry with a token server does;
+* can read a matching request's whole body and answer it itself when the body is one it refuses
+  (``refuse_body``), as Docker Hub refuses manifests with a ``subject`` or an unknown ``artifactType``
+  (``refuse_soci_v1`` is that rule); other bodies are relayed unchanged.
 
 Every request is recorded with the time it arrived (``RecordedRequest.at``, ``time.monotonic()``).
 
@@ -29,6 +33,7 @@ can record headers (``Authorization``) of HTTPS traffic.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import socket
 import ssl
@@ -51,10 +56,14 @@ class RecordedRequest:
     body_bytes: int = 0  # response body bytes relayed to the client
     cut: bool = False
     injected: bool = False
-    throttled: bool = False  # its response body was relayed at a ``throttle`` rate
+    throttled: bool = (
+        False  # its response body (request body: ``request=True``) was relayed at a ``throttle`` rate
+    )
+    request_bytes: int = 0  # request body bytes relayed to the upstream
     at: float = field(default_factory=time.monotonic)  # when its head arrived (time.monotonic())
     delayed: bool = False  # held back by a ``delay`` rule
     corrupted: bool = False  # one byte of its request or response body was flipped by a ``corrupt`` rule
+    request_body: bytes | None = None  # kept for requests a ``refuse_body`` rule read (decoded if chunked)
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
@@ -85,11 +94,23 @@ class _Bearer:
     accept: Callable[[str], bool]
 
 
+@dataclass
+class _BodyRule:
+    pattern: re.Pattern[str]
+    refuse: Callable[[bytes], bool]
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    method: str | None
+    remaining: int | None  # refusals left; None: every matching request
+
+
 @dataclass(frozen=True)
 class _Throttle:
     pattern: re.Pattern[str]
     bytes_per_second: float
     method: str | None = None
+    request: bool = False  # pace the request's body rather than the response's
 
 
 class _Pacer:
@@ -126,6 +147,7 @@ class HttpProxy:
         self._lock = threading.Lock()
         self._rules: list[_Rule] = []
         self._throttles: list[_Throttle] = []
+        self._body_rules: list[_BodyRule] = []
         self._bearer: _Bearer | None = None
         self._requests: list[RecordedRequest] = []
         self.body_bytes = 0
@@ -255,20 +277,77 @@ class HttpProxy:
                 )
             )
 
-    def throttle(self, pattern: str, bytes_per_second: float, *, method: str | None = None) -> None:
+    def throttle(
+        self, pattern: str, bytes_per_second: float, *, method: str | None = None, request: bool = False
+    ) -> None:
         """Relay the response body of every matching request at ``bytes_per_second`` at most, each request
-        on its own (the slowest matching throttle wins), until the proxy stops. Other rules still apply."""
+        on its own (the slowest matching throttle wins), until the proxy stops. Other rules still apply.
+        ``request``: the request's body instead (an upload; the proxy reads it from the client at that rate,
+        so the client waits for its answer until the upstream has had all of it)."""
         if bytes_per_second <= 0:
             raise ValueError("bytes_per_second must be positive")
         with self._lock:
-            self._throttles.append(_Throttle(re.compile(pattern), float(bytes_per_second), method))
+            self._throttles.append(
+                _Throttle(re.compile(pattern), float(bytes_per_second), method, request=request)
+            )
 
-    def _rate(self, method: str, path: str) -> float | None:
+    def refuse_body(
+        self,
+        pattern: str,
+        refuse: Callable[[bytes], bool],
+        status: int,
+        *,
+        method: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+        times: int | None = None,
+    ) -> None:
+        """Read the whole body of every matching request (bodies with a Content-Length or chunked; the
+        proxy holds them in memory, so use it for small ones such as manifests) and, when ``refuse(body)``
+        is true, answer ``status`` with ``headers`` and ``body`` without forwarding it (``times`` refusals,
+        or all of them); other bodies are relayed unchanged. Requests an earlier rule (``inject_status``,
+        ``cut_request_after``, ...) takes are left to that rule."""
+        with self._lock:
+            self._body_rules.append(
+                _BodyRule(re.compile(pattern), refuse, status, dict(headers or {}), body, method, times)
+            )
+
+    def refuse_soci_v1(self, *, status: int = 400) -> None:
+        """Refuse manifest PUTs whose manifest has a ``subject`` or an ``artifactType`` with ``status`` and a
+        distribution-style ``MANIFEST_INVALID`` error, as Docker Hub does with SOCI index manifests v1."""
+        body = json.dumps(
+            {
+                "errors": [
+                    {
+                        "code": "MANIFEST_INVALID",
+                        "message": "manifest invalid",
+                        "detail": "manifests with a subject or an artifactType are not supported",
+                    }
+                ]
+            }
+        ).encode()
+        self.refuse_body(
+            r"^/v2/.+/manifests/[^/]+$",
+            _has_subject_or_artifact_type,
+            status,
+            method="PUT",
+            headers={"Content-Type": "application/json"},
+            body=body,
+        )
+
+    def _body_rule(self, method: str, path: str) -> _BodyRule | None:
+        with self._lock:
+            for rule in self._body_rules:
+                if rule.remaining != 0 and rule.pattern.search(path) and rule.method in (None, method):
+                    return rule
+        return None
+
+    def _rate(self, method: str, path: str, *, request: bool = False) -> float | None:
         with self._lock:
             rates = [
                 t.bytes_per_second
                 for t in self._throttles
-                if t.pattern.search(path) and t.method in (None, method)
+                if t.pattern.search(path) and t.method in (None, method) and t.request == request
             ]
         return min(rates) if rates else None
 
@@ -371,19 +450,48 @@ class HttpProxy:
                     _relay_body(cfile, None, headers, is_request=True)
                     self._inject(client, record, rule)
                     continue
+                buffered: bytes | None = None  # the request body as read, for a ``refuse_body`` rule
+                body_rule = self._body_rule(method, path) if rule is None else None
+                if body_rule is not None:
+                    collector = _Collector()
+                    _relay_body(cfile, collector, headers, is_request=True)
+                    buffered = bytes(collector.data)
+                    chunked = (_header(headers, "transfer-encoding") or "").lower() == "chunked"
+                    record.request_body = _dechunk(buffered) if chunked else buffered
+                    if self._refuses(body_rule, record.request_body):
+                        self._inject(
+                            client,
+                            record,
+                            _Rule(
+                                body_rule.pattern,
+                                1,
+                                status=body_rule.status,
+                                headers=body_rule.headers,
+                                body=body_rule.body,
+                            ),
+                        )
+                        continue
                 if upstream is None:
                     upstream = self._connect_upstream()
                     ufile = upstream.makefile("rb")
                 assert ufile is not None
                 upstream.sendall(_head_bytes(request_line, header_lines))
                 corrupt_request = rule is not None and rule.corrupt_request
-                _relay_body(
-                    cfile,
-                    upstream,
-                    headers,
-                    is_request=True,
-                    corrupt_at=rule.corrupt_at if rule is not None and corrupt_request else None,
-                )
+                if buffered is not None:
+                    upstream.sendall(buffered)
+                    record.request_bytes = len(buffered)
+                else:
+                    request_rate = self._rate(method, path, request=True)
+                    record.throttled = request_rate is not None
+                    _relay_body(
+                        cfile,
+                        upstream,
+                        headers,
+                        is_request=True,
+                        corrupt_at=rule.corrupt_at if rule is not None and corrupt_request else None,
+                        on_bytes=self._count_request(record),
+                        pacer=_Pacer(request_rate, self._stopping) if request_rate is not None else None,
+                    )
                 record.corrupted = corrupt_request
                 if rule is not None and rule.delay is not None and rule.delay_after is None:
                     record.delayed = True
@@ -404,7 +512,7 @@ class HttpProxy:
                 complete = True
                 if not no_body:
                     rate = self._rate(method, path)
-                    record.throttled = rate is not None
+                    record.throttled = record.throttled or rate is not None
                     pause = None
                     if rule is not None and rule.delay is not None and rule.delay_after is not None:
                         record.delayed = True
@@ -441,6 +549,24 @@ class HttpProxy:
             if upstream is not None:
                 _close(upstream)
 
+    def _count_request(self, record: RecordedRequest) -> Callable[[int], None]:
+        def on_bytes(n: int) -> None:
+            with self._lock:
+                record.request_bytes += n
+
+        return on_bytes
+
+    def _refuses(self, rule: _BodyRule, body: bytes) -> bool:
+        try:
+            refused = rule.refuse(body)
+        except Exception:  # a body the predicate cannot read is not one it refuses
+            refused = False
+        if refused:
+            with self._lock:
+                if rule.remaining is not None:
+                    rule.remaining -= 1
+        return refused
+
     def _count(self, record: RecordedRequest) -> Callable[[int], None]:
         def on_bytes(n: int) -> None:
             with self._lock:
@@ -458,6 +584,37 @@ class HttpProxy:
         headers = {"Content-Length": str(len(rule.body)), "Content-Type": "text/plain", **rule.headers}
         lines += [f"{k}: {v}" for k, v in headers.items()]
         client.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + rule.body)
+
+
+class _Collector:
+    """Stands in for a socket: keeps what ``_relay_body`` sends it."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def sendall(self, data: bytes) -> None:
+        self.data += data
+
+
+def _dechunk(raw: bytes) -> bytes:
+    """The payload of a chunked body (chunk extensions and trailers dropped)."""
+    out = bytearray()
+    pos = 0
+    while True:
+        end = raw.find(b"\r\n", pos)
+        if end < 0:
+            return bytes(out)
+        size = int(raw[pos:end].split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            return bytes(out)
+        out += raw[end + 2 : end + 2 + size]
+        pos = end + 2 + size + 2
+
+
+def _has_subject_or_artifact_type(body: bytes) -> bool:
+    """Whether a manifest has ``subject`` or a top-level ``artifactType`` (Docker Hub refuses both)."""
+    doc = json.loads(body)
+    return isinstance(doc, dict) and ("subject" in doc or "artifactType" in doc)
 
 
 @dataclass
@@ -532,7 +689,7 @@ def _head_bytes(first: str, lines: list[str]) -> bytes:
 
 def _relay_body(
     src: BinaryIO,
-    dst: socket.socket | None,
+    dst: socket.socket | _Collector | None,
     headers: list[tuple[str, str]],
     *,
     is_request: bool,

@@ -758,7 +758,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WrapperError as exc:
         return _fail(str(exc), exc.exit_code, exc.detail, as_json, debug)
     except KeyboardInterrupt:
-        return _fail("interrupted", ExitCode.INTERRUPTED, None, as_json, debug)
+        code = _fail("interrupted", ExitCode.INTERRUPTED, None, as_json, debug)
+        # Everything this run started is stopped by now; a worker thread still blocked on a slow registry
+        # must not hold the exit back (Python would join it).
+        if any(
+            t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()
+        ):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
     except Exception as exc:
         return _fail(
             f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",

@@ -149,8 +149,10 @@ class Session:
     def __enter__(self) -> Session:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stack.close()
+    def __exit__(self, *exc: Any) -> None:
+        # The exception goes on to the daemon: a managed containerd that died says so instead of it (it
+        # replaces the exception; nothing here swallows one).
+        self._stack.__exit__(*exc)
 
     @property
     def run_dir(self) -> Path:
@@ -457,7 +459,9 @@ def _only_indexable(
             continue
         reasons.update({digest: reason for digest, reason in why.items() if reason})
         zstd = any("zstd" in reason for reason in why.values() if reason)
-        reason = "every layer is under --min-layer-size" + (" or compressed with zstd" if zstd else "")
+        reason = f"every layer is under --min-layer-size ({human_size(min_layer_size)})" + (
+            " or compressed with zstd" if zstd else ""
+        )
         report.not_indexed.append(PlatformSkipped(str(sel.platform), sel.manifest.digest, reason))
         if len(image.selected) > 1:
             reporter.warn(f"{sel.platform}: {reason}; no SOCI index")

@@ -362,8 +362,8 @@ def _is_transient(exc: BaseException) -> bool:
     """
     if isinstance(exc, BlobReadError):
         return True
-    if isinstance(exc, ContainerdError):
-        return not _is_content_mismatch(exc)
+    if isinstance(exc, ContainerdError):  # not a daemon that died, nor a full disk
+        return not _is_content_mismatch(exc) and not getattr(exc, "permanent", False)
     return isinstance(exc, OSError)
 
 

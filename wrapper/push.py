@@ -85,8 +85,13 @@ class ImagePusher:
         try:
             for _ in pool.map(lambda b: self._push_blob(dest, b, result), blobs.values()):
                 pass
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM: do not wait for an upload the registry is slow to answer; the run ends now.
+            self._stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
         except BaseException:
-            self._stop.set()  # a failed upload, Ctrl-C or SIGTERM: the others stop at their next chunk
+            self._stop.set()  # a failed upload: the others stop at their next chunk
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown(wait=True)

@@ -560,6 +560,29 @@ def classify_failure(what: str, code: int, stderr: str, *, min_layer_size: int |
         )
     elif "dial unix" in low:  # containerd's socket (our registries are reached over TCP)
         err = _as_soci(ContainerdError(f"{what}: cannot reach containerd: {last}"))
+    elif refused := _MANIFEST_REFUSED.search(tail):
+        # A registry that does not take SOCI index manifest v1 (Docker Hub refuses manifests with a subject or
+        # an artifactType): no retry helps, V2 (an ordinary image index and manifests) does. The registry's
+        # words, each part once (oras-go repeats the error code's text).
+        why: list[str] = []
+        for part in refused.group("why").split(": "):
+            if part.strip() and part.strip().lower() not in (w.lower() for w in why):
+                why.append(part.strip())
+        reason = ": ".join(why)[:200]
+        err = _as_soci(
+            RegistryError(
+                f"{what}: the registry refused the SOCI index manifest (HTTP {refused.group('status')}"
+                f"{': ' + reason if reason else ''}); it does not accept SOCI index manifest v1",
+                hint="use --soci-version V2 with --output-tag TAG: a SOCI-enabled image, which such registries take",
+            )
+        )
+    elif full := _NO_SPACE.search(tail):
+        where = os.path.dirname(full.group("path")) if full.group("path") else "its temporary directory"
+        err = SociError(
+            f"{what}: no space left on device in {where}",
+            hint="soci copies each layer it indexes there first: point --work-dir at a file system with room "
+            "for the large layers twice, containerd's copy and soci's",
+        )
     elif "permission denied" in low:  # a file or socket, not the registry: keep soci's own words
         err = SociError(f"{what} failed (exit {code}): {last}")
     elif any(s in low for s in ("401 unauthorized", "403 forbidden", "unauthorized", "denied:")):
@@ -573,6 +596,16 @@ def classify_failure(what: str, code: int, stderr: str, *, min_layer_size: int |
     err.detail = tail
     err.transient = is_transient_failure(stderr)
     return err
+
+
+# oras-go (soci push): `PUT "https://host/v2/repo/manifests/sha256:...": response status code 400: manifest
+# invalid: manifest invalid: <the registry's detail>` when the registry refuses the manifest it is given.
+_MANIFEST_REFUSED = re.compile(
+    r'\bPUT "?[^"\s]*/manifests/[^"\s]+"?: response status code (?P<status>400|415|422)\b:?\s*(?P<why>.*)$',
+    re.IGNORECASE | re.MULTILINE,
+)
+# Go's os errors: `write /path/file: no space left on device` (or `open`, `copy`, ...).
+_NO_SPACE = re.compile(r"(?:(?P<path>/[^\s:]+):\s*)?no space left on device", re.IGNORECASE)
 
 
 def is_transient_failure(stderr: str) -> bool:

@@ -8,7 +8,11 @@ the project's exceptions live here and nowhere else.
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -41,6 +45,52 @@ _CONNECT_FAILURES = (
 )
 
 
+# How long a call that lost its connection waits for a managed daemon's process to be seen gone (the socket
+# closes as the process dies, a moment before it can be reaped).
+_EXIT_GRACE_SECONDS = 0.5
+# Fragments of grpc-core's messages when an established connection breaks (the daemon went away mid-call).
+_CONNECTION_LOST = (*_CONNECT_FAILURES, "connection reset", "broken pipe", "error reading from server", "eof")
+
+
+class DaemonExitedError(ContainerdError):
+    """A managed containerd died while in use: nothing sent to it can succeed any more, so no retry helps."""
+
+    permanent = True
+
+
+class NoSpaceError(ContainerdError):
+    """containerd could not write a file because its file system is full: no retry helps."""
+
+    permanent = True
+
+
+# A managed daemon (wrapper.containerd.daemon.ManagedContainerd) registers here, by socket path, a function
+# that says whether it has died: ``check(grace)`` gives the error to report (its exit and log) or None while it
+# runs, waiting up to ``grace`` seconds for a dying process. A call that fails because the daemon is gone then
+# says so, instead of "connection refused".
+ExitCheck = Callable[[float], DaemonExitedError | None]
+_exit_checks: dict[str, ExitCheck] = {}
+_exit_checks_lock = threading.Lock()
+
+
+def register_exit_check(address: str, check: ExitCheck) -> None:
+    """Tell the error mapping how to learn that the daemon at ``address`` has died (see ``ExitCheck``)."""
+    with _exit_checks_lock:
+        _exit_checks[os.path.abspath(socket_path(address))] = check
+
+
+def unregister_exit_check(address: str) -> None:
+    with _exit_checks_lock:
+        _exit_checks.pop(os.path.abspath(socket_path(address)), None)
+
+
+def daemon_exit_error(address: str, grace: float = 0.0) -> DaemonExitedError | None:
+    """The error that says the managed daemon at ``address`` died, or None (running, or not ours)."""
+    with _exit_checks_lock:
+        check = _exit_checks.get(os.path.abspath(socket_path(address)))
+    return check(grace) if check is not None else None
+
+
 def socket_path(address: str) -> str:
     """The filesystem path of a containerd address (``/run/x.sock`` or ``unix:///run/x.sock``)."""
     for prefix in ("unix://", "unix:"):
@@ -70,6 +120,15 @@ def map_rpc_error(exc: grpc.RpcError, *, method: str, address: str, timeout: flo
     detail = f"{method}: {code.name}: {details}"
     lowered = details.lower()
 
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN):
+        # A managed daemon that died: say so (with its log), whatever the call was doing.
+        lost = code == grpc.StatusCode.UNAVAILABLE and any(f in lowered for f in _CONNECTION_LOST)
+        died = daemon_exit_error(address, _EXIT_GRACE_SECONDS if lost else 0.0)
+        if died is not None:
+            return died
+    if "no space left on device" in lowered:
+        return _disk_full(method, details, detail)
+
     if code == grpc.StatusCode.UNAVAILABLE and any(f in lowered for f in _CONNECT_FAILURES):
         return _unreachable(address, lowered, detail)
     if code == grpc.StatusCode.UNAVAILABLE and "permission denied" in lowered:
@@ -98,6 +157,61 @@ def map_rpc_error(exc: grpc.RpcError, *, method: str, address: str, timeout: flo
     if code == grpc.StatusCode.CANCELLED:
         return ContainerdError(f"{method} was cancelled: {details}", detail=detail)
     return ContainerdError(f"containerd {method} failed: {code.name}: {details}", detail=detail)
+
+
+_ENOSPC_PATH = re.compile(r"(/[^\s:]+): no space left on device", re.IGNORECASE)
+_CONTENT_PLUGIN_DIR = "io.containerd.content.v1.content"
+
+
+def _disk_full(method: str, details: str, detail: str) -> NoSpaceError:
+    """containerd could not write a file (an ingest, its database) because its file system is full: name the
+    directory, the file system, and, for an ingest, the size of the blob that did not fit."""
+    match = _ENOSPC_PATH.search(details)
+    if match is None:
+        return NoSpaceError(
+            f"containerd ran out of disk space ({method}): {details}",
+            hint="give containerd's root more room (--work-dir on a larger file system)",
+            detail=detail,
+        )
+    path = Path(match.group(1))
+    # The daemon's root: the directory that holds its content store (else the file's own directory).
+    parts = path.parts
+    root = Path(*parts[: parts.index(_CONTENT_PLUGIN_DIR)]) if _CONTENT_PLUGIN_DIR in parts else path.parent
+    mount = _mount_point(root)
+    needed = ""
+    if "ingest" in parts and path.name == "data":
+        # An ingest directory holds the blob's expected size ("total") beside what was written ("data").
+        try:
+            total = int((path.parent / "total").read_text().strip())
+            written = path.stat().st_size
+            free = shutil.disk_usage(mount).free + written
+            needed = f": a blob of {_size(total)} does not fit in the {_size(free)} free"
+        except (OSError, ValueError):
+            needed = ""
+    where = f"{mount}" if mount == root else f"{mount} (containerd's root: {root})"
+    return NoSpaceError(
+        f"no space left on device in {where}{needed}",
+        hint="make room there, or point --work-dir at a file system with room for the image's layers",
+        detail=detail,
+    )
+
+
+def _mount_point(path: Path) -> Path:
+    """The mount point of the file system that holds ``path`` (its nearest existing ancestor's)."""
+    current = path
+    while not current.exists() and current != current.parent:
+        current = current.parent
+    while not os.path.ismount(current) and current != current.parent:
+        current = current.parent
+    return current
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
 
 
 def _unreachable(address: str, lowered: str, detail: str) -> ContainerdError:

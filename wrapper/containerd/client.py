@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
 
-from wrapper.containerd.channel import Connection
+from wrapper.containerd.channel import Connection, DaemonExitedError
 from wrapper.containerd.content import ContentService
 from wrapper.containerd.images import ImagesService
 from wrapper.containerd.leases import LeasesService
@@ -72,8 +72,10 @@ class ContainerdClient:
             except WrapperError as exc:
                 if not failed:
                     raise
-                # Do not hide the error that ended the block; the lease expires on its own.
-                log.warning("could not delete lease %s: %s", lease_id, exc)
+                # Do not hide the error that ended the block; the lease expires on its own (and a daemon that
+                # died, which that error already says, has no lease to delete).
+                level = logging.DEBUG if isinstance(exc, DaemonExitedError) else logging.WARNING
+                log.log(level, "could not delete lease %s: %s", lease_id, exc)
 
     def close(self) -> None:
         self._conn.close()

@@ -4,6 +4,11 @@ A managed daemon keeps everything (config, root, state, socket, log) in one work
 touches the system's /var/lib/containerd or /run/containerd, and removing that directory leaves nothing
 behind.
 
+A managed daemon that dies while in use (killed, out of memory, crashed) is noticed at once: the programs this
+process started against it (soci) are stopped, since they cannot finish without it, and every call that fails
+because it is gone, and the ``with`` block it ends, report one error that says so, with the daemon's exit and
+the end of its log.
+
     with ManagedContainerd() as daemon:
         client = ContainerdClient(daemon.address)
 """
@@ -19,6 +24,7 @@ import signal
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -28,7 +34,14 @@ import grpc
 from google.protobuf import empty_pb2
 
 from wrapper.containerd._proto import version_pb2_grpc
-from wrapper.containerd.channel import Connection, socket_path, status_details
+from wrapper.containerd.channel import (
+    Connection,
+    DaemonExitedError,
+    register_exit_check,
+    socket_path,
+    status_details,
+    unregister_exit_check,
+)
 from wrapper.errors import ContainerdError, MissingDependencyError
 from wrapper.util import one_line
 
@@ -43,6 +56,9 @@ _MAX_SOCKET_PATH = 107
 _TTRPC_SUFFIX = ".ttrpc"
 _POLL_INTERVAL = 0.02
 _LOG_TAIL_LINES = 20
+_EXIT_LOG_TAIL_LINES = 10  # under the one line that says the daemon died
+# How often the watchdog looks whether the daemon is still alive.
+_WATCH_INTERVAL = 0.1
 
 # Plugins we do not need: Kubernetes (CRI), running containers, snapshotters that only log errors here,
 # and "opt", which would create /opt/containerd. Content, metadata, leases, images, namespaces,
@@ -192,6 +208,10 @@ class ManagedContainerd:
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
         self._binary_version: str | None = None
+        self._stopping = threading.Event()  # set by stop(): an exit from here on is expected
+        self._watchdog: threading.Thread | None = None
+        self._exit_error: DaemonExitedError | None = None
+        self._exit_lock = threading.Lock()
 
     # -- properties -------------------------------------------------------------------------------------
 
@@ -248,6 +268,61 @@ class ManagedContainerd:
         except BaseException:
             self.stop()
             raise
+        self._stopping.clear()
+        register_exit_check(self.address, self.exit_error)
+        self._watchdog = threading.Thread(target=self._watch, name="containerd-watchdog", daemon=True)
+        self._watchdog.start()
+
+    # -- an unexpected exit -----------------------------------------------------------------------------
+
+    def exit_error(self, grace: float = 0.0) -> DaemonExitedError | None:
+        """The error to report if the daemon died while it should be running (waiting up to ``grace``
+        seconds for a process that is dying); None while it runs, and after stop()."""
+        proc = self._proc
+        if proc is None or self._stopping.is_set():
+            return None
+        code = proc.poll()
+        if code is None and grace > 0:
+            try:
+                code = proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                return None
+        if code is None or self._stopping.is_set():
+            return None
+        with self._exit_lock:
+            if self._exit_error is None:
+                self._exit_error = self._describe_exit(proc.pid, code)
+            return self._exit_error
+
+    def _describe_exit(self, pid: int, code: int) -> DaemonExitedError:
+        tail = self.log_tail(_EXIT_LOG_TAIL_LINES)
+        if code < 0:
+            try:
+                how = f"signal {-code}, {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"signal {-code}"
+            message = f"containerd (pid {pid}) exited unexpectedly ({how})"
+        else:
+            reason = _last_error_line(tail)
+            message = f"containerd (pid {pid}) exited unexpectedly (status {code})"
+            message += f": {reason}" if reason else ""
+        return DaemonExitedError(message, detail=tail or None)
+
+    def _watch(self) -> None:
+        """Watchdog: notice at once a daemon that dies while in use, and stop what cannot go on without it.
+        (It polls: a thread blocked in wait() would keep every other poll() from seeing the exit.)"""
+        proc = self._proc
+        while proc is not None and not self._stopping.wait(_WATCH_INTERVAL):
+            if proc.poll() is None:
+                continue
+            error = self.exit_error()
+            if error is None:  # stopped meanwhile
+                return
+            log.debug("%s", error.message)
+            stopped = _stop_users(self.address)
+            if stopped:
+                log.debug("stopped %s, which used the dead containerd", ", ".join(map(str, stopped)))
+            return
 
     def _prepare_dirs(self) -> None:
         if self._requested_dir is None:
@@ -330,6 +405,13 @@ class ManagedContainerd:
 
     def stop(self) -> None:
         """Stop the daemon (SIGTERM, then SIGKILL after ``stop_timeout``) and remove the work directory."""
+        self._stopping.set()
+        if self._watchdog is not None:
+            if self._watchdog is not threading.current_thread():
+                self._watchdog.join(5.0)
+            self._watchdog = None
+        if self._address is not None:
+            unregister_exit_check(self._address)
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -379,7 +461,15 @@ class ManagedContainerd:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Stop the daemon. A block that failed because the daemon died (soci stopped, a call refused, ...)
+        fails with the error that says so instead; an interrupt stays an interrupt."""
+        died = None
+        if isinstance(exc, Exception):
+            died = self.exit_error()
         self.stop()
+        if died is not None and exc is not died:
+            log.debug("failed after containerd died: %s", exc)
+            raise died from exc
 
 
 class AttachedContainerd:
@@ -470,6 +560,34 @@ def _last_error_line(log_text: str) -> str:
                 text = f"{text}: {error.group(1)}"
             return one_line(text)[:300]
     return ""
+
+
+def _stop_users(address: str) -> list[int]:
+    """SIGKILL this process's children that were started against the daemon at ``address`` (their command
+    line names its socket, as soci's ``--address`` does), with their process groups; their pids."""
+    me = os.getpid()
+    needle = os.fsencode(address)
+    stopped: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            stat_fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if int(stat_fields[1]) != me or needle not in cmdline.split(b"\0"):
+            continue
+        try:
+            if os.getpgid(pid) == pid:  # soci runs in a session of its own: stop what it started too
+                os.killpg(pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+            stopped.append(pid)
+        except ProcessLookupError:
+            continue
+    return stopped
 
 
 def _remove_tree(path: Path) -> None:
