@@ -252,6 +252,13 @@ def build_parser() -> _Parser:
         default=None,
         help="images in flight at once when there are several (default: 2)",
     )
+    g = p.add_argument_group("local image")
+    g.add_argument(
+        "--from-oci",
+        metavar="PATH",
+        type=Path,
+        help="index the image of this OCI layout (directory or tar) and push it, with its index, to IMAGE_REF",
+    )
     g = p.add_argument_group("ECR image (instead of IMAGE_REF)")
     g.add_argument("--repo", help="ECR repository name")
     g.add_argument("--digest", help="image digest (sha256:...)")
@@ -505,6 +512,8 @@ def cmd_index(args: argparse.Namespace, out: Console, err: Console, stdin: Calla
             reuse=_reuse_options(args, reference),
         )
 
+    if args.from_oci is not None:
+        return _index_from_oci(args, request_for, out, stdin, reporter)
     many = _many_references(args, stdin)
     if many is not None:
         if args.verify:
@@ -571,6 +580,52 @@ def cmd_index(args: argparse.Namespace, out: Console, err: Console, stdin: Calla
     if verified is not None:
         print_verify(out, verified)
         return verified.exit_code
+    return ExitCode.OK
+
+
+def _index_from_oci(
+    args: argparse.Namespace,
+    request_for: Callable[[Any], Any],
+    out: Console,
+    stdin: Callable[[], str],
+    reporter: Any,
+) -> int:
+    """``index --from-oci PATH IMAGE_REF``: one image, from a layout, pushed to IMAGE_REF with its index."""
+    from wrapper.pipeline import run_index_from_oci
+    from wrapper.registry.reference import Reference
+
+    try:
+        if len(args.image_refs) != 1 or args.from_file or args.repo:
+            raise UsageError("--from-oci PATH needs exactly one IMAGE_REF to push the image to")
+        if args.max_concurrent_images is not None or args.verify:
+            raise UsageError(
+                "--from-oci indexes one image; --max-concurrent-images and --verify do not apply"
+            )
+        request = request_for(Reference.parse(args.image_refs[0]))
+        report = run_index_from_oci(
+            request, args.from_oci, _registry_options(args, stdin), _daemon_options(args), reporter
+        )
+    finally:
+        reporter.close()
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+        return ExitCode.OK
+    table = Table(title="SOCI index", show_header=False, box=None)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    table.add_row("image", report.image)
+    table.add_row("digest", report.digest)
+    table.add_row("from", str(args.from_oci))
+    table.add_row("SOCI version", report.soci_version)
+    table.add_row("platforms", ", ".join(report.platforms))
+    for idx in report.indexes:
+        table.add_row(f"index {idx.platform}", idx.soci_index_digest)
+    for skip in report.not_indexed:
+        table.add_row(f"no index {skip.platform}", skip.reason)
+    if report.pushed_tag:
+        table.add_row("pushed tag", f"{report.pushed_tag} ({report.output_digest or 'unchanged'})")
+    table.add_row("time", ", ".join(f"{k} {v:.1f}s" for k, v in report.stages.items()))
+    out.print(table)
     return ExitCode.OK
 
 

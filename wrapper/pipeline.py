@@ -301,6 +301,82 @@ def index_image(
     return report
 
 
+# -- index an OCI layout ----------------------------------------------------------------------------------
+def run_index_from_oci(
+    request: IndexRequest,
+    layout_path: Path,
+    registry_options: RegistryOptions,
+    daemon_options: DaemonOptions,
+    reporter: Reporter | None = None,
+) -> IndexReport:
+    """``soci-wrapper index --from-oci PATH IMAGE_REF``: the image of an OCI layout (directory or tar) into
+    containerd, pushed to IMAGE_REF (blobs the registry has are skipped, the tag last), then indexed and its
+    index pushed as ``index_image`` does."""
+    from wrapper.ocilayout import Importer, OciLayout
+    from wrapper.push import ImagePusher
+
+    reporter = reporter or QuietReporter()
+    ref = request.reference
+    if not ref.tag:
+        raise UsageError(
+            "--from-oci needs IMAGE_REF with a tag to push the image to", hint="e.g. repo/app:1.2"
+        )
+    soci_bin = check_soci(request.soci_bin)
+    check_containerd(daemon_options)
+    stages = Stages(reporter)
+    with OciLayout(layout_path) as layout:
+        with stages("resolve", str(layout_path)):
+            image = layout.resolve(ref, request.pull)
+        if ref.digest and ref.digest != image.digest:
+            raise UsageError(
+                f"{layout_path}: its image is {image.digest}, not {ref.digest} as IMAGE_REF says"
+            )
+        with Session(daemon_options, stages) as session, open_registry(ref, registry_options) as registry:
+            with stages("authenticate", ref.registry):
+                registry.credentials.get(ref.registry)
+            report = IndexReport(
+                image=str(ref),
+                digest=image.digest,
+                soci_version=request.soci_version,
+                status="indexed",
+                platforms=[str(p.platform) for p in image.selected],
+                stages=stages.seconds,
+            )
+            indexable = _only_indexable(image, request.pull.min_layer_size, report, reporter)
+            push_auth = _push_auth(registry, ref) if request.soci_version == "V1" else None
+            client = session.client()
+            run_dir = session.image_dir()
+            if session.options.keep_work_dir:
+                report.work_dir = str(session.run_dir)
+            with stages("import", announce=False):
+                imported = Importer(layout, client, reporter).run(image)
+            report.pull = imported.summary()
+            with stages("push-image", f"{ref}"):
+                ImagePusher(client, registry, reporter=reporter).push(imported.image_name, ref)
+            pulled = dataclasses.replace(imported, selected=indexable.selected)
+            soci = Soci(
+                binary=soci_bin,
+                address=client.address,
+                namespace=client.namespace,
+                root=run_dir / "soci-root",
+                tmp_dir=run_dir / "tmp",
+                timeout=request.soci_timeout,
+                debug=request.debug,
+                content_store="soci",  # see wrapper.indexing
+            )
+            try:
+                indexing = Indexing(request, pulled, soci, report, stages, {})
+                if push_auth is not None:
+                    indexing.v1(push_auth)
+                else:
+                    indexing.v2(client, registry, image.index_body)
+                indexing.remember()
+            finally:
+                if not session.options.keep_work_dir:
+                    shutil.rmtree(run_dir, ignore_errors=True)
+    return report
+
+
 # -- many images -------------------------------------------------------------------------------------------
 DEFAULT_MAX_CONCURRENT_IMAGES = 2  # benchmarks/: on 2 cores, soci's work is CPU-bound; see README
 
@@ -492,5 +568,6 @@ __all__ = [
     "PullOptions",
     "RegistryOptions",
     "run_index",
+    "run_index_from_oci",
     "run_pull",
 ]
