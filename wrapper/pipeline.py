@@ -18,10 +18,7 @@ import os
 import shutil
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,16 +33,14 @@ from wrapper.containerd.daemon import (
 from wrapper.errors import (
     AuthError,
     ContainerdError,
-    ExitCode,
     MissingDependencyError,
     NothingToIndexError,
     UsageError,
-    WrapperError,
 )
 from wrapper.existing import find_existing_indexes, soci_artifact
 from wrapper.indexing import Indexing
 from wrapper.options import DaemonOptions, IndexRequest, RegistryOptions
-from wrapper.progress import PrefixedReporter, QuietReporter, Reporter, human_size, short_digest
+from wrapper.progress import QuietReporter, Reporter, human_size, short_digest
 from wrapper.pull import (
     DEFAULT_MIN_LAYER_SIZE,
     PlatformImage,
@@ -60,7 +55,7 @@ from wrapper.registry.client import RegistryClient
 from wrapper.registry.reference import Reference
 from wrapper.report import IndexReport, PlatformSkipped, Stages
 from wrapper.reuse import DEFAULT_SPAN_SIZE, Reusable, find_reusable
-from wrapper.soci import PushAuth, Soci, check_soci, kill_running_soci, unindexable_reason
+from wrapper.soci import PushAuth, Soci, check_soci, unindexable_reason
 
 log = logging.getLogger("wrapper.pipeline")
 
@@ -375,103 +370,6 @@ def run_index_from_oci(
                 if not session.options.keep_work_dir:
                     shutil.rmtree(run_dir, ignore_errors=True)
     return report
-
-
-# -- many images -------------------------------------------------------------------------------------------
-DEFAULT_MAX_CONCURRENT_IMAGES = 2  # benchmarks/: on 2 cores, soci's work is CPU-bound; see README
-
-
-@dataclass
-class ImageResult:
-    """One image of a many-image run: its report, or the error that stopped it (with its exit code)."""
-
-    image: str
-    exit_code: int
-    report: IndexReport | None = None
-    error: str | None = None
-
-
-@dataclass
-class BatchReport:
-    images: list[ImageResult] = field(default_factory=list)
-    seconds: float = 0.0
-    stages: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def failed(self) -> list[ImageResult]:
-        return [r for r in self.images if r.exit_code != 0]
-
-    def to_json(self) -> dict[str, Any]:
-        statuses = [r.report.status for r in self.images if r.report is not None]
-        return {
-            "images": [
-                {
-                    "image": r.image,
-                    "exit_code": r.exit_code,
-                    "error": r.error,
-                    **(r.report.to_json() if r.report else {}),
-                }
-                for r in self.images
-            ],
-            "summary": {
-                "images": len(self.images),
-                "indexed": statuses.count("indexed"),
-                "already_indexed": statuses.count("already-indexed"),
-                "not_an_image": statuses.count("not-an-image"),
-                "failed": len(self.failed),
-                "seconds": round(self.seconds, 3),
-            },
-            "stages": self.stages,
-        }
-
-
-def run_index_many(
-    requests: list[IndexRequest],
-    registry_options: RegistryOptions,
-    daemon_options: DaemonOptions,
-    reporter: Reporter | None = None,
-    *,
-    max_concurrent_images: int = DEFAULT_MAX_CONCURRENT_IMAGES,
-) -> BatchReport:
-    """``soci-wrapper index REF REF ...``: every image with one containerd, a few at a time. One failing image
-    does not stop the others; a blob two images share is stored once (containerd's content store)."""
-    if max_concurrent_images < 1:
-        raise UsageError("--max-concurrent-images must be at least 1")
-    reporter = reporter or QuietReporter()
-    soci_bin = check_soci(requests[0].soci_bin)
-    check_containerd(daemon_options)
-    started = time.monotonic()
-    batch = BatchReport(images=[ImageResult(str(r.reference), 0) for r in requests])
-    session_stages = Stages(reporter)
-
-    def one(i: int, request: IndexRequest) -> None:
-        prefix = f"[{i + 1}/{len(requests)} {request.reference.repository}] "
-        stages = Stages(PrefixedReporter(reporter, prefix))
-        try:
-            batch.images[i].report = index_image(request, registry_options, session, soci_bin, stages)
-        except WrapperError as exc:
-            batch.images[i].exit_code = exc.exit_code
-            batch.images[i].error = str(exc)
-            reporter.warn(f"{prefix}failed: {exc}")
-        except Exception as exc:  # one image's surprise must not end the others
-            log.debug("image %s failed", request.reference, exc_info=True)
-            batch.images[i].exit_code = ExitCode.UNEXPECTED
-            batch.images[i].error = f"internal error: {type(exc).__name__}: {exc}"
-            reporter.warn(f"{prefix}failed: {batch.images[i].error}")
-
-    with Session(daemon_options, session_stages) as session:
-        pool = ThreadPoolExecutor(max_concurrent_images, thread_name_prefix="image")
-        try:
-            for future in [pool.submit(one, i, r) for i, r in enumerate(requests)]:
-                future.result()
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            kill_running_soci()  # then the session stops containerd: what is in flight fails at once
-            raise
-        pool.shutdown(wait=True)
-    batch.seconds = time.monotonic() - started
-    batch.stages = session_stages.seconds
-    return batch
 
 
 def _find_reusable(
