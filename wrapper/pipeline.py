@@ -272,28 +272,46 @@ def index_image(
         with stages("pull", announce=False):  # the puller announces itself, with what it fetches
             pulled = Puller(registry, client, pull_options, reporter).run(image)
         report.pull = pulled.summary()
-        soci = Soci(
-            binary=soci_bin,
-            address=client.address,
-            namespace=client.namespace,
-            root=run_dir / "soci-root",
-            tmp_dir=run_dir / "tmp",
-            timeout=request.soci_timeout,
-            debug=request.debug,
-            content_store="soci",  # see wrapper.indexing
+        indexing = Indexing(
+            request, pulled, _soci(soci_bin, client, run_dir, request), report, stages, reusable
         )
-        try:
-            indexing = Indexing(request, pulled, soci, report, stages, reusable)
-            indexing.hand_over_reused()
-            if push_auth is not None:
-                indexing.v1(push_auth)
-            else:
-                indexing.v2(client, registry, image.index_body)
-            indexing.remember()
-        finally:
-            if not session.options.keep_work_dir:  # the next image of the run needs the room
-                shutil.rmtree(run_dir, ignore_errors=True)
+        _index_and_push(indexing, session, run_dir, push_auth, client, registry, image.index_body)
     return report
+
+
+def _soci(binary: str, client: ContainerdClient, run_dir: Path, request: IndexRequest) -> Soci:
+    return Soci(
+        binary=binary,
+        address=client.address,
+        namespace=client.namespace,
+        root=run_dir / "soci-root",
+        tmp_dir=run_dir / "tmp",
+        timeout=request.soci_timeout,
+        debug=request.debug,
+        content_store="soci",  # see wrapper.indexing
+    )
+
+
+def _index_and_push(
+    indexing: Indexing,
+    session: Session,
+    run_dir: Path,
+    push_auth: PushAuth | None,
+    client: ContainerdClient,
+    registry: RegistryClient,
+    index_body: bytes | None,
+) -> None:
+    """soci makes the index (V1 or V2) and it is pushed; the image's directory is removed afterwards."""
+    try:
+        indexing.hand_over_reused()
+        if push_auth is not None:
+            indexing.v1(push_auth)
+        else:
+            indexing.v2(client, registry, index_body)
+        indexing.remember()
+    finally:
+        if not session.options.keep_work_dir:  # the next image of the run needs the room
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 # -- index an OCI layout ----------------------------------------------------------------------------------
@@ -349,26 +367,10 @@ def run_index_from_oci(
             with stages("push-image", f"{ref}"):
                 ImagePusher(client, registry, reporter=reporter).push(imported.image_name, ref)
             pulled = dataclasses.replace(imported, selected=indexable.selected)
-            soci = Soci(
-                binary=soci_bin,
-                address=client.address,
-                namespace=client.namespace,
-                root=run_dir / "soci-root",
-                tmp_dir=run_dir / "tmp",
-                timeout=request.soci_timeout,
-                debug=request.debug,
-                content_store="soci",  # see wrapper.indexing
+            indexing = Indexing(
+                request, pulled, _soci(soci_bin, client, run_dir, request), report, stages, {}
             )
-            try:
-                indexing = Indexing(request, pulled, soci, report, stages, {})
-                if push_auth is not None:
-                    indexing.v1(push_auth)
-                else:
-                    indexing.v2(client, registry, image.index_body)
-                indexing.remember()
-            finally:
-                if not session.options.keep_work_dir:
-                    shutil.rmtree(run_dir, ignore_errors=True)
+            _index_and_push(indexing, session, run_dir, push_auth, client, registry, image.index_body)
     return report
 
 
