@@ -445,8 +445,6 @@ class Soci:
             ) from exc
         except PermissionError as exc:
             raise MissingDependencyError(f"soci at {self.binary} is not executable") from exc
-        with _running_lock:
-            _running.add(proc)
         stdout: list[str] = []
         stderr: list[str] = []
         assert proc.stdout is not None and proc.stderr is not None
@@ -454,9 +452,11 @@ class Soci:
             threading.Thread(target=_read_lines, args=(proc.stdout, stdout, on_event), daemon=True),
             threading.Thread(target=_read_lines, args=(proc.stderr, stderr, None), daemon=True),
         ]
-        for reader in readers:
-            reader.start()
-        try:
+        try:  # from here on, a signal (KeyboardInterrupt) stops soci's process group whenever it comes
+            with _running_lock:
+                _running.add(proc)
+            for reader in readers:
+                reader.start()
             proc.wait(timeout=self.timeout)
         except subprocess.TimeoutExpired as exc:
             _kill_group(proc)
@@ -471,7 +471,8 @@ class Soci:
             # The pipes close when soci (and whatever it started in its group) is gone; a process that left
             # the group may keep them open: do not wait for it long, its output no longer matters.
             for reader in readers:
-                reader.join(timeout=2 if proc.returncode is None or proc.returncode < 0 else 10)
+                if reader.is_alive():
+                    reader.join(timeout=2 if proc.returncode is None or proc.returncode < 0 else 10)
             with _running_lock:
                 _running.discard(proc)
         err_text = "".join(stderr)
@@ -560,6 +561,8 @@ def classify_failure(what: str, code: int, stderr: str, *, min_layer_size: int |
         )
     elif "dial unix" in low:  # containerd's socket (our registries are reached over TCP)
         err = _as_soci(ContainerdError(f"{what}: cannot reach containerd: {last}"))
+    elif _PUSH_RACE.search(tail):
+        err = _as_soci(RegistryError(f"{what}: the registry did not have every blob of the index: {last}"))
     elif refused := _MANIFEST_REFUSED.search(tail):
         # A registry that does not take SOCI index manifest v1 (Docker Hub refuses manifests with a subject or
         # an artifactType): no retry helps, V2 (an ordinary image index and manifests) does. The registry's
@@ -608,9 +611,17 @@ _MANIFEST_REFUSED = re.compile(
 _NO_SPACE = re.compile(r"(?:(?P<path>/[^\s:]+):\s*)?no space left on device", re.IGNORECASE)
 
 
+# Two pushes of the same index at once (two runs, one image): the registry may refuse the manifest because the
+# other push's upload of a blob it lists is not complete yet. soci push again finds and uploads what is missing.
+_PUSH_RACE = re.compile(r"manifest blob unknown|blob unknown to registry", re.IGNORECASE)
+
+
 def is_transient_failure(stderr: str) -> bool:
-    """Whether soci failed for a reason that another attempt may not meet (5xx, 429, reset, timeout)."""
+    """Whether soci failed for a reason that another attempt may not meet (5xx, 429, reset, timeout, a blob
+    another push of the same index had not finished)."""
     text = stderr_tail(stderr, 4)
+    if _PUSH_RACE.search(text):
+        return True
     return bool(_TRANSIENT.search(text)) and not _PERMANENT.search(text)
 
 

@@ -133,8 +133,14 @@ def stopped_after(proc: subprocess.Popen[str], since: float, limit: float = 30.0
 
 
 def assert_nothing_left(work: Path, *commands: str) -> None:
-    """No containerd of the run, no process running ``commands`` (soci and what it started), no files."""
-    assert managed_daemon_pids(work) == [] and our_containerd_processes(work) == []
+    """No containerd of the run, no process running ``commands`` (soci and what it started), no files. A
+    process SIGKILLed just before the CLI returned may take a moment to go: allow it 3 seconds."""
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and (
+        our_containerd_processes(work) or any(processes_with(c) for c in commands)
+    ):
+        time.sleep(0.05)
+    assert managed_daemon_pids(work) == [] and our_containerd_processes(work) == [], processes_with(str(work))
     for command in commands:
         assert processes_with(command) == [], command
     assert not work.exists() or list(work.iterdir()) == []

@@ -107,7 +107,7 @@ def test_signal_while_soci_works(
     )
     try:
         deadline = time.monotonic() + 60
-        while not any(command in p for p in processes_running(shim)):  # soci's `command` is running
+        while not any(command in p.split() for p in processes_running(shim)):  # soci's `command` runs
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.05)
         proc.send_signal(sig)

@@ -221,3 +221,20 @@ def test_identity_tokens_are_refused_for_soci_push() -> None:
     with RegistryClient(store) as client:
         auth = _push_auth(client, ref)
     assert (auth.username, auth.password, auth.plain_http) == ("user", "pw", False)
+
+
+def test_a_push_racing_another_push_of_the_same_index_is_tried_again() -> None:
+    """Two runs pushing one image: the registry may not have the other push's blob yet; soci push again."""
+    from wrapper.soci import is_transient_failure
+
+    race = (
+        'soci: error pushing graph to remote: failed to perform "Push" on destination: PUT "http://r/v2/a/manifests/'
+        'sha256:21fb": response status code 400: digest invalid: provided digest did not match uploaded content; '
+        "manifest blob unknown: blob unknown to registry: sha256:939b\n"
+    )
+    assert is_transient_failure(race)
+    err = classify_failure("soci push", 1, race)
+    assert err.transient and "did not have every blob" in str(err)
+    assert not is_transient_failure(
+        'soci: PUT "http://r/v2/a/manifests/x": response status code 400: manifest invalid'
+    )
