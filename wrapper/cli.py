@@ -32,6 +32,7 @@ from wrapper.errors import ExitCode, UsageError, WrapperError
 from wrapper.models import Platform, validate_digest
 from wrapper.progress import human_size, make_reporter
 from wrapper.pull import PullOptions
+from wrapper.soci import deliver_signal
 from wrapper.verify.console import print_verify, verify_indexed
 from wrapper.verify.console import request_from_args as verify_request_from_args
 
@@ -483,13 +484,18 @@ class Terminated(KeyboardInterrupt):
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
-    raise Terminated()
+    deliver_signal(Terminated())
+
+
+def _on_sigint(signum: int, frame: object) -> None:
+    deliver_signal(KeyboardInterrupt())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGINT, _on_sigint)
     parser = build_parser()
     args = parser.parse_args(_normalise_argv(argv))
     if args.command is None:

@@ -90,6 +90,44 @@ _PERMANENT = re.compile(
 )
 
 
+class SignalGate:
+    """Holds back the CLI's signal exceptions (Ctrl-C, SIGTERM) in the main thread for a short section, such as
+    starting soci: raised there, the exception would leave a soci nobody stops. The CLI's handlers call
+    ``deliver``; ``release`` raises what came in between."""
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._pending: BaseException | None = None
+
+    def deliver(self, exc: BaseException) -> None:
+        if self._depth:
+            self._pending = self._pending or exc
+            return
+        raise exc
+
+    def hold(self) -> bool:
+        if threading.current_thread() is not threading.main_thread():
+            return False  # signals reach the main thread only
+        self._depth += 1
+        return True
+
+    def release(self, held: bool) -> None:
+        if not held:
+            return
+        self._depth -= 1
+        if self._depth == 0 and self._pending is not None:
+            exc, self._pending = self._pending, None
+            raise exc
+
+
+_SIGNALS = SignalGate()
+
+
+def deliver_signal(exc: BaseException) -> None:
+    """For the CLI's signal handlers: raise ``exc`` now, or as soon as soci has started."""
+    _SIGNALS.deliver(exc)
+
+
 _running: set[subprocess.Popen[str]] = set()
 _running_lock = threading.Lock()
 
@@ -428,6 +466,7 @@ class Soci:
             child_env["TMPDIR"] = str(self.tmp_dir)
         child_env.update(env or {})
         log.debug("running %s", " ".join(argv))
+        held = _SIGNALS.hold()  # a signal while soci starts would leave it running: deliver it just after
         try:
             proc = subprocess.Popen(
                 argv,
@@ -440,11 +479,16 @@ class Soci:
                 start_new_session=True,  # so a timeout or a signal can stop soci and anything it started
             )
         except FileNotFoundError as exc:
+            _SIGNALS.release(held)
             raise MissingDependencyError(
                 f"soci not found at {self.binary}", hint="run scripts/bootstrap.sh or pass --soci-bin"
             ) from exc
         except PermissionError as exc:
+            _SIGNALS.release(held)
             raise MissingDependencyError(f"soci at {self.binary} is not executable") from exc
+        except BaseException:
+            _SIGNALS.release(held)
+            raise
         stdout: list[str] = []
         stderr: list[str] = []
         assert proc.stdout is not None and proc.stderr is not None
@@ -453,6 +497,7 @@ class Soci:
             threading.Thread(target=_read_lines, args=(proc.stderr, stderr, None), daemon=True),
         ]
         try:  # from here on, a signal (KeyboardInterrupt) stops soci's process group whenever it comes
+            _SIGNALS.release(held)  # raises a signal that came while soci was starting
             with _running_lock:
                 _running.add(proc)
             for reader in readers:

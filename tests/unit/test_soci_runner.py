@@ -238,3 +238,15 @@ def test_a_push_racing_another_push_of_the_same_index_is_tried_again() -> None:
     assert not is_transient_failure(
         'soci: PUT "http://r/v2/a/manifests/x": response status code 400: manifest invalid'
     )
+
+
+def test_a_signal_while_soci_starts_is_delivered_right_after() -> None:
+    from wrapper.soci import SignalGate
+
+    gate = SignalGate()
+    held = gate.hold()
+    gate.deliver(KeyboardInterrupt())  # held back: soci is starting
+    with pytest.raises(KeyboardInterrupt):
+        gate.release(held)  # ... and raised once it has (inside the section that stops soci on it)
+    with pytest.raises(KeyboardInterrupt):
+        gate.deliver(KeyboardInterrupt())  # not held: at once
