@@ -18,25 +18,12 @@ import json
 from typing import Any
 
 from wrapper.containerd.client import ContainerdClient
-from wrapper.containerd.images import Image
+from wrapper.containerd.images import Image, gc_labels
 from wrapper.models import Descriptor, Platform
 from wrapper.soci import Soci
 
-GC_REF = "containerd.io/gc.ref.content"
 REFERENCE_TYPE = "vnd.docker.reference.type"
 REFERENCE_DIGEST = "vnd.docker.reference.digest"
-
-
-def gc_labels(doc: dict[str, Any]) -> dict[str, str]:
-    """containerd's garbage-collection references from a manifest (config, layers) or index (manifests)."""
-    labels: dict[str, str] = {}
-    if "config" in doc:
-        labels[f"{GC_REF}.config"] = str(doc["config"]["digest"])
-    for i, layer in enumerate(doc.get("layers", [])):
-        labels[f"{GC_REF}.l.{i}"] = str(layer["digest"])
-    for i, manifest in enumerate(doc.get("manifests", [])):
-        labels[f"{GC_REF}.m.{i}"] = str(manifest["digest"])
-    return labels
 
 
 def restore_attestations(original_index: bytes | None, converted_index: bytes) -> bytes | None:
@@ -97,8 +84,8 @@ def bring_into_containerd(
         for blob in [doc.get("config"), *doc.get("layers", [])]:
             if blob and not client.content.exists(blob["digest"]) and soci.has_blob(blob["digest"]):
                 _store(client, soci.read_blob(blob["digest"]), blob["digest"], {})
-        _store(client, manifest, desc.digest, gc_labels(doc))
-    _store(client, body, target.digest, gc_labels(json.loads(body)))
+        _store(client, manifest, desc.digest, gc_labels(manifest))
+    _store(client, body, target.digest, gc_labels(body))
     client.images.put(Image(image_name, target, record.labels))
     return target
 

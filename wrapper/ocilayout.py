@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from wrapper.containerd.client import ContainerdClient
-from wrapper.containerd.images import Image
+from wrapper.containerd.images import Image, gc_labels
 from wrapper.errors import ContainerdError, UsageError, WrapperError
 from wrapper.models import Descriptor, Platform
 from wrapper.progress import QuietReporter, Reporter
-from wrapper.pull import GC_REF, BlobRecord, PlatformChoice, PullResult
+from wrapper.pull import BlobRecord, PlatformChoice, PullResult
 from wrapper.registry.reference import Reference
 from wrapper.resolve import (
     PlatformImage,
@@ -233,9 +233,9 @@ class Importer:
             for manifest, body in image.manifests:
                 if manifest.digest not in seen:
                     seen.add(manifest.digest)
-                    records.append(self._store(manifest, "manifest", _manifest_gc_labels(body)))
+                    records.append(self._store(manifest, "manifest", gc_labels(body)))
             if image.index_body is not None:
-                records.append(self._store(image.target, "index", _index_gc_labels(image.index_body)))
+                records.append(self._store(image.target, "index", gc_labels(image.index_body)))
             name = str(ref)
             self.containerd.images.put(Image(name=name, target=image.target))
         return PullResult(
@@ -282,19 +282,6 @@ class Importer:
 def _blobs_of(manifest_body: bytes) -> list[Descriptor]:
     doc: dict[str, Any] = json.loads(manifest_body)
     return [Descriptor.from_oci(d) for d in [doc["config"], *doc.get("layers", [])]]
-
-
-def _manifest_gc_labels(body: bytes) -> dict[str, str]:
-    doc = json.loads(body)
-    labels = {f"{GC_REF}.config": str(doc["config"]["digest"])}
-    for i, layer in enumerate(doc.get("layers", [])):
-        labels[f"{GC_REF}.l.{i}"] = str(layer["digest"])
-    return labels
-
-
-def _index_gc_labels(body: bytes) -> dict[str, str]:
-    doc = json.loads(body)
-    return {f"{GC_REF}.m.{i}": str(m["digest"]) for i, m in enumerate(doc.get("manifests", []))}
 
 
 def _normal(name: str) -> str:

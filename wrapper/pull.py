@@ -13,7 +13,6 @@ Indexes, and the manifests and configs of every platform of an index, are always
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -26,7 +25,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 
 from wrapper.containerd.client import ContainerdClient
 from wrapper.containerd.content import WriteResult
-from wrapper.containerd.images import Image
+from wrapper.containerd.images import GC_REF, Image, gc_labels
 from wrapper.errors import ContainerdError, NotFoundError, RegistryError, UsageError
 from wrapper.models import Descriptor, Platform
 from wrapper.progress import QuietReporter, Reporter
@@ -62,7 +61,6 @@ __all__ = [
 log = logging.getLogger("wrapper.pull")
 
 DEFAULT_MIN_LAYER_SIZE = 10 * 1024 * 1024  # soci's default
-GC_REF = "containerd.io/gc.ref.content"
 SOURCE_LABEL = "containerd.io/distribution.source"
 BLOB_ATTEMPTS = 5
 
@@ -212,9 +210,9 @@ class Puller:
                 self._store_small(desc, body, "config", source)
             # Manifests and the index last: they reference the blobs above through GC labels.
             for desc, body in manifests:
-                self._store_small(desc, body, "manifest", {**source, **_manifest_gc_labels(body)})
+                self._store_small(desc, body, "manifest", {**source, **gc_labels(body)})
             if image.index_body is not None:
-                labels = {**source, **_index_gc_labels(image.index_body)}
+                labels = {**source, **gc_labels(image.index_body)}
                 self._store_small(image.target, image.index_body, "index", labels)
             name = str(ref)
             try:  # keep labels others put on an existing record (soci's GC label for its index)
@@ -373,19 +371,6 @@ def _is_content_mismatch(exc: ContainerdError) -> bool:
 
 def _plain(desc: Descriptor) -> Descriptor:
     return Descriptor(media_type=desc.media_type, digest=desc.digest, size=desc.size)
-
-
-def _manifest_gc_labels(body: bytes) -> dict[str, str]:
-    doc = json.loads(body)
-    labels = {f"{GC_REF}.config": str(doc["config"]["digest"])}
-    for i, layer in enumerate(doc.get("layers", [])):
-        labels[f"{GC_REF}.l.{i}"] = str(layer["digest"])
-    return labels
-
-
-def _index_gc_labels(body: bytes) -> dict[str, str]:
-    doc = json.loads(body)
-    return {f"{GC_REF}.m.{i}": str(m["digest"]) for i, m in enumerate(doc.get("manifests", []))}
 
 
 def pull(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,22 @@ from google.protobuf import field_mask_pb2
 from wrapper.containerd._proto import descriptor_pb2, images_pb2, images_pb2_grpc
 from wrapper.containerd.channel import Connection, status_code
 from wrapper.models import Descriptor
+
+GC_REF = "containerd.io/gc.ref.content"
+
+
+def gc_labels(body: bytes) -> dict[str, str]:
+    """containerd's garbage-collection references of a manifest (its config and layers) or an index (its
+    manifests): set on the stored document, they keep what it names alive as long as it is."""
+    doc = json.loads(body)
+    labels: dict[str, str] = {}
+    if isinstance(doc.get("config"), dict):
+        labels[f"{GC_REF}.config"] = str(doc["config"]["digest"])
+    for i, layer in enumerate(doc.get("layers", [])):
+        labels[f"{GC_REF}.l.{i}"] = str(layer["digest"])
+    for i, manifest in enumerate(doc.get("manifests", [])):
+        labels[f"{GC_REF}.m.{i}"] = str(manifest["digest"])
+    return labels
 
 
 @dataclass
