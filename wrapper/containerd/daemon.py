@@ -15,6 +15,7 @@ the end of its log.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -117,6 +118,7 @@ def find_containerd(binary: str = "containerd") -> str | None:
     return shutil.which(binary)
 
 
+@functools.cache  # asked by the preflight and again by the daemon start: run it once per program
 def containerd_binary_version(path: str) -> str:
     """The version printed by ``containerd --version``, without a leading ``v`` (``1.6.20~ds1``, ``2.2.6``)."""
     try:
