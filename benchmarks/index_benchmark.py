@@ -1,7 +1,8 @@
 """Indexing speed: the CodeBuild blueprint flow against ``soci-wrapper index``, side by side, in one run.
 
     sudo .venv/bin/python -m benchmarks.index_benchmark [--repeat 3] [--big-repeat 2] [--wrapper-commit REV] \\
-        [--scenarios cold-app,rebuild,rebuild-mid,two-platform,big,memory] [--cache-dir DIR] [--json]
+        [--scenarios cold-app,cold-app-link,rebuild,rebuild-mid,two-platform,big,memory] [--cache-dir DIR] \\
+        [--json]
 
 Builds images with realistic content (benchmarks/realistic_image.py: thousands of files per layer, text
 and random data, ~2.5x with gzip), pushes them once to Debian's docker-registry on loopback, and times,
@@ -14,12 +15,16 @@ alternating round by round (blueprint, soci-wrapper, ..., floor; blueprint, soci
                and push per platform (with containerd's content store, soci v0.15.0 keeps only the last
                platform's index alive, so ``--all-platforms`` cannot push both).
 ``wrapper``    ``soci-wrapper index REF --json``: its own containerd, sparse pull, soci, push, cleanup.
+``wrapper-no-overlap``: the same with ``--no-overlap`` (zTOCs built only after the whole pull), cold images.
 ``wrapper-reuse-from`` / ``wrapper-cache-dir``: the same on a rebuild, with ``--reuse-from`` the previous
                build, or with ``--cache-dir`` warmed by indexing the previous build.
 ``floor``      the least any tool must do: the layers soci reads already on local disk, ``ctr content
                ingest`` (all at once) into a fresh containerd with the manifest and config, an image
                record (containerd's Images API), ``soci create``, ``soci push`` (soci's own content store,
                as soci-wrapper uses).
+
+``cold-app-link`` is ``cold-app`` with the registry behind an 800 Mbit/s link (a tbf qdisc on ``lo``, for
+that scenario only; the floor reads local files and is not limited), as a registry across a network is.
 
 Every measurement gets a repository of its own (a copy made by mounting the template's blobs: no data
 moves), so every cold run finds no SOCI index, and every rebuild run finds exactly the previous build's.
@@ -49,7 +54,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -83,7 +88,10 @@ from wrapper.registry.reference import Reference
 from wrapper.soci import find_soci, soci_version
 
 MIN_LAYER = 10 * MiB  # soci's and soci-wrapper's default --min-layer-size
-SCENARIOS = ("cold-app", "rebuild", "rebuild-mid", "two-platform", "big", "memory")
+SCENARIOS = ("cold-app", "cold-app-link", "rebuild", "rebuild-mid", "two-platform", "big", "memory")
+# cold-app-link: the registry behind a link of this rate (a token bucket on the loopback interface, where the
+# registry listens; containerd and soci talk over unix sockets and are not limited).
+LINK_RATE = "800mbit"
 # Targets, as ratios to the blueprint (or the floor) measured in the same run.
 TARGETS = {
     ("cold-app", "wrapper"): 0.6,
@@ -143,6 +151,7 @@ TEMPLATES: dict[str, list[list[LayerPlan]]] = {
 }
 SCENARIO_TEMPLATES = {
     "cold-app": ["app"],
+    "cold-app-link": ["app"],
     "rebuild": ["app", "app-v2"],
     "rebuild-mid": ["app", "app-v2mid"],
     "two-platform": ["multi"],
@@ -731,19 +740,54 @@ def run_scenario(bench: Bench, scenario: str, rounds: int) -> None:
     cold: list[tuple[str, Callable[[Reference, Path], Run]]] = [
         ("blueprint", lambda ref, d: run_blueprint(bench, scenario, template, ref, d)),
         ("wrapper", lambda ref, d: run_wrapper(bench, scenario, "wrapper", ref, d, extra)),
+        (
+            "wrapper-no-overlap",
+            lambda ref, d: run_wrapper(
+                bench, scenario, "wrapper-no-overlap", ref, d, [*extra, "--no-overlap"]
+            ),
+        ),
         ("floor", lambda ref, d: run_floor(bench, scenario, template, ref, d)),
     ]
-    for round_no in range(rounds):
-        for kind, measure in cold:
-            measure_once(
-                bench,
-                scenario,
-                kind,
-                round_no,
-                measure,
-                lambda k: _fresh_repo(bench, f"{scenario}-{k}", names[0]),
-                template,
-            )
+    link = _limited_link(LINK_RATE) if scenario == "cold-app-link" else nullcontext()
+    with link:
+        for round_no in range(rounds):
+            for kind, measure in cold:
+                measure_once(
+                    bench,
+                    scenario,
+                    kind,
+                    round_no,
+                    measure,
+                    lambda k: _fresh_repo(bench, f"{scenario}-{k}", names[0]),
+                    template,
+                )
+
+
+@contextmanager
+def _limited_link(rate: str) -> Iterator[None]:
+    """All loopback traffic (the registry's) held to ``rate`` by a tbf qdisc on ``lo``, removed afterwards."""
+    add = [
+        "tc",
+        "qdisc",
+        "add",
+        "dev",
+        "lo",
+        "root",
+        "tbf",
+        "rate",
+        rate,
+        "burst",
+        "256kb",
+        "latency",
+        "100ms",
+    ]
+    done = subprocess.run(add, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise BenchmarkError(f"cannot limit the loopback link ({' '.join(add)}): {done.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["tc", "qdisc", "del", "dev", "lo", "root"], capture_output=True, check=False)
 
 
 def prepare_rebuilds(bench: Bench) -> None:
@@ -896,7 +940,14 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- the report ------------------------------------------------------------------------------------------------
-KIND_ORDER = ("blueprint", "wrapper", "wrapper-reuse-from", "wrapper-cache-dir", "floor")
+KIND_ORDER = (
+    "blueprint",
+    "wrapper",
+    "wrapper-no-overlap",
+    "wrapper-reuse-from",
+    "wrapper-cache-dir",
+    "floor",
+)
 
 
 def _paired(runs: Sequence[Run], others: Sequence[Run]) -> float | None:
@@ -970,7 +1021,13 @@ def build_report(
                         "ok": row["vs_blueprint"] <= target,
                     }
                 )
-            if "vs_floor" in row:
+            sequential = results.median(scenario, "wrapper-no-overlap")
+            if kind == "wrapper" and sequential is not None:
+                row["vs_no_overlap"] = round(med / sequential, 3)
+                row["paired_vs_no_overlap"] = _paired(runs, results.of(scenario, "wrapper-no-overlap"))
+            # --no-overlap is there to compare, not a target; and behind a limited link the floor (no network)
+            # is not the floor any more.
+            if "vs_floor" in row and kind == "wrapper" and scenario != "cold-app-link":
                 verdicts.append(
                     {
                         "what": f"{scenario} {kind} / floor",

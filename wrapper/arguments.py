@@ -280,6 +280,11 @@ def build_parser() -> _Parser:
     )
     g.add_argument("--no-reuse", action="store_true", help="build every zTOC from its layer")
     g.add_argument(
+        "--no-overlap",
+        action="store_true",
+        help="build zTOCs only after the whole pull (default: each large layer as soon as it is downloaded)",
+    )
+    g.add_argument(
         "--soci-timeout", type=parse_seconds, default=3600.0, help="seconds each soci call may take"
     )
 

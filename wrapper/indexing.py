@@ -11,14 +11,17 @@ hand soci zTOCs reused from elsewhere (wrapper.reuse).
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from wrapper.containerd.client import ContainerdClient
 from wrapper.converted import bring_into_containerd, restore_attestations
 from wrapper.errors import NothingToIndexError, SociError
 from wrapper.models import SOCI_INDEX_V2, Descriptor, Platform
 from wrapper.options import IndexRequest
+from wrapper.prebuild import Prebuilder
 from wrapper.progress import short_digest
 from wrapper.pull import PullResult
 from wrapper.push import ImagePusher
@@ -41,15 +44,32 @@ class Indexing:
     report: IndexReport
     stages: Stages
     reusable: dict[str, Reusable]
+    # zTOCs being built while the pull went on (wrapper.prebuild), and those it built (by layer digest).
+    prebuild: Prebuilder | None = None
+    prebuilt: dict[str, Reusable] = field(default_factory=dict)
 
-    def hand_over_reused(self) -> None:
-        """zTOCs found elsewhere go into soci's store with an index that carries them (one per platform, its
-        subject that platform's manifest); ``soci rebuild-db`` records them for create and convert."""
+    def hand_over(self) -> None:
+        """zTOCs found elsewhere, and those built while the pull went on, go into soci's store with an index
+        that carries them (one per platform, its subject that platform's manifest); ``soci rebuild-db``
+        records them, and soci create and convert then take them as existing."""
+        if self.prebuild is not None:
+            self.prebuilt = self.prebuild.results()
+        ready = {**self.prebuilt, **self.reusable}
         for image in self.pulled.selected:
-            mine = [self.reusable[x.digest] for x in image.layers if x.digest in self.reusable]
+            mine = [ready[x.digest] for x in image.layers if x.digest in ready]
             stage_for_soci(self.soci.root, image.manifest, mine)
-        if self.reusable:
+        if ready:
             self.soci.rebuild_db()
+
+    def _as_built(self, sink: Callable[[SociEvent], None]) -> Callable[[SociEvent], None]:
+        """soci says "already exists" of the zTOCs built while the pull went on: for this run they are built."""
+
+        def translate(event: SociEvent) -> None:
+            if event.kind == "reused" and event.digest in self.prebuilt:
+                event = dataclasses.replace(event, kind="built")
+            sink(event)
+
+        return translate
 
     def remember(self) -> None:
         """After the push: keep this run's zTOCs in the cache, if there is one."""
@@ -79,18 +99,19 @@ class Indexing:
         indexed: list[Platform] = []
         nothing: NothingToIndexError | None = None
         with self.stages("index", "soci create (SOCI index manifest v1)"):
+            self.hand_over()
             for image in pulled.selected:
                 key = f"create {image.platform}"
                 events = LayerEvents(reporter, key, image)
                 reporter.steps_started(key, f"soci create {image.platform}", total=len(image.layers))
                 try:
+                    # Never --force: soci's root is new, and holds only the zTOCs handed over on purpose.
                     soci.create(
                         pulled.image_name,
                         platforms=[image.platform],
                         span_size=request.span_size,
                         min_layer_size=request.pull.min_layer_size,
-                        force=request.force,
-                        on_event=events,
+                        on_event=self._as_built(events),
                     )
                 except NothingToIndexError as exc:
                     reporter.steps_finished(key, "no zTOC")
@@ -102,7 +123,9 @@ class Indexing:
                 if not digests:
                     raise SociError(f"soci create succeeded but recorded no index for {image.platform}")
                 body = soci.read_blob(digests[0])
-                self.report.indexes.append(describe_index(body, digests[0], image, events, self._sources))
+                self.report.indexes.append(
+                    describe_index(body, digests[0], image, events, self._sources, self.prebuilt)
+                )
                 indexed.append(image.platform)
         if not indexed:
             assert nothing is not None
@@ -132,6 +155,7 @@ class Indexing:
         # the image record references it all.
         with client.lease():
             with self.stages("index", "soci convert (SOCI index manifest v2)"):
+                self.hand_over()
                 key = "convert"
                 by_layer = {layer.digest: image for image in pulled.selected for layer in image.layers}
                 events = {str(image.platform): LayerEvents(reporter, key, image) for image in pulled.selected}
@@ -148,7 +172,7 @@ class Indexing:
                     platforms=[p.platform for p in pulled.selected],
                     span_size=request.span_size,
                     min_layer_size=request.pull.min_layer_size,
-                    on_event=on_event,
+                    on_event=self._as_built(on_event),
                 )
                 reporter.steps_finished(key, "; ".join(f"{p}: {e.summary()}" for p, e in events.items()))
                 converted = soci.read_blob(client.images.get(str(dest)).target.digest)
@@ -174,7 +198,9 @@ class Indexing:
                     body = soci.read_blob(soci_entry.digest)
                     platform_events = events[str(image.platform)]
                     self.report.indexes.append(
-                        describe_index(body, soci_entry.digest, image, platform_events, self._sources)
+                        describe_index(
+                            body, soci_entry.digest, image, platform_events, self._sources, self.prebuilt
+                        )
                     )
             with self.stages("push", f"{dest}"):
                 pushed = ImagePusher(client, registry, reporter=reporter).push(str(dest), dest)

@@ -51,6 +51,8 @@ class IndexRequest:
     soci_timeout: float = 3600.0
     debug: bool = False
     reuse: ReuseOptions = field(default_factory=ReuseOptions)
+    # Index each large layer as soon as it is downloaded (wrapper.prebuild), not after the whole pull.
+    overlap: bool = True
 
     def __post_init__(self) -> None:
         if self.soci_version == "V2" and not self.output_tag:

@@ -40,6 +40,7 @@ from wrapper.errors import (
 from wrapper.existing import find_existing_indexes, soci_artifact
 from wrapper.indexing import Indexing
 from wrapper.options import DaemonOptions, IndexRequest, RegistryOptions
+from wrapper.prebuild import Prebuilder
 from wrapper.progress import QuietReporter, Reporter, human_size, short_digest
 from wrapper.pull import (
     DEFAULT_MIN_LAYER_SIZE,
@@ -268,14 +269,21 @@ def index_image(
             for layer in sel.layers
             if "zstd" in (unindexable_reason(layer.media_type, layer.size, 0) or "")
         }
-        pull_options = dataclasses.replace(request.pull, skip_layers=frozenset(reusable) | unreadable)
-        with stages("pull", announce=False):  # the puller announces itself, with what it fetches
-            pulled = Puller(registry, client, pull_options, reporter).run(image)
-        report.pull = pulled.summary()
-        indexing = Indexing(
-            request, pulled, _soci(soci_bin, client, run_dir, request), report, stages, reusable
+        pull_options = dataclasses.replace(
+            request.pull, skip_layers=frozenset(reusable) | unreadable, large_layers_in_turn=request.overlap
         )
-        _index_and_push(indexing, session, run_dir, push_auth, client, registry, image.index_body)
+        soci = _soci(soci_bin, client, run_dir, request)
+        with (
+            _removed_after(session, run_dir),
+            _prebuilder(request, session, soci, image, pull_options) as early,
+        ):
+            # Each large layer is indexed as soon as it is in containerd, while the others download.
+            on_stored = early.stored if early is not None else None
+            with stages("pull", announce=False):  # the puller announces itself, with what it fetches
+                pulled = Puller(registry, client, pull_options, reporter, on_stored).run(image)
+            report.pull = pulled.summary()
+            indexing = Indexing(request, pulled, soci, report, stages, reusable, early)
+            _index_and_push(indexing, push_auth, client, registry, image.index_body)
     return report
 
 
@@ -292,26 +300,46 @@ def _soci(binary: str, client: ContainerdClient, run_dir: Path, request: IndexRe
     )
 
 
+def _prebuilder(
+    request: IndexRequest, session: Session, soci: Soci, image: ResolvedImage, pull: PullOptions
+) -> contextlib.AbstractContextManager[Prebuilder | None]:
+    """What indexes layers while the pull goes on (wrapper.prebuild), unless --no-overlap."""
+    if not request.overlap:
+        return contextlib.nullcontext()
+    return Prebuilder(
+        soci=soci,
+        client=session.client(),
+        work=soci.root.parent / "prebuild",
+        image=image,
+        skip=pull.skip_layers,
+        span_size=request.span_size,
+        min_layer_size=pull.min_layer_size,
+    )
+
+
+@contextlib.contextmanager
+def _removed_after(session: Session, run_dir: Path) -> Iterator[None]:
+    """The image's directory is removed when its work is done: the next image of the run needs the room."""
+    try:
+        yield
+    finally:
+        if not session.options.keep_work_dir:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def _index_and_push(
     indexing: Indexing,
-    session: Session,
-    run_dir: Path,
     push_auth: PushAuth | None,
     client: ContainerdClient,
     registry: RegistryClient,
     index_body: bytes | None,
 ) -> None:
-    """soci makes the index (V1 or V2) and it is pushed; the image's directory is removed afterwards."""
-    try:
-        indexing.hand_over_reused()
-        if push_auth is not None:
-            indexing.v1(push_auth)
-        else:
-            indexing.v2(client, registry, index_body)
-        indexing.remember()
-    finally:
-        if not session.options.keep_work_dir:  # the next image of the run needs the room
-            shutil.rmtree(run_dir, ignore_errors=True)
+    """soci makes the index (V1 or V2) and it is pushed; the zTOCs go to the cache."""
+    if push_auth is not None:
+        indexing.v1(push_auth)
+    else:
+        indexing.v2(client, registry, index_body)
+    indexing.remember()
 
 
 # -- index an OCI layout ----------------------------------------------------------------------------------
@@ -370,7 +398,8 @@ def run_index_from_oci(
             indexing = Indexing(
                 request, pulled, _soci(soci_bin, client, run_dir, request), report, stages, {}
             )
-            _index_and_push(indexing, session, run_dir, push_auth, client, registry, image.index_body)
+            with _removed_after(session, run_dir):
+                _index_and_push(indexing, push_auth, client, registry, image.index_body)
     return report
 
 

@@ -13,10 +13,11 @@ Indexes, and the manifests and configs of every platform of an index, are always
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,6 +79,9 @@ class PullOptions:
     max_concurrent_downloads: int = 4
     # Layers not to download although large enough (their zTOCs come from elsewhere: reuse).
     skip_layers: frozenset[str] = frozenset()
+    # Large layers one after the other, largest first (each can be indexed as soon as it is in: see
+    # wrapper.prebuild), rather than all at once; the other blobs still download beside them.
+    large_layers_in_turn: bool = False
 
     def __post_init__(self) -> None:
         if self.platforms and self.all_platforms:
@@ -150,14 +154,19 @@ class Puller:
         containerd: ContainerdClient,
         options: PullOptions,
         reporter: Reporter | None = None,
+        on_stored: Callable[[str], None] | None = None,
     ) -> None:
         self.registry = registry
         self.containerd = containerd
         self.options = options
         self.reporter = reporter or QuietReporter()
+        # Told each blob's digest as soon as it is in the content store (from the transfer threads): what
+        # builds zTOCs while the pull goes on (wrapper.prebuild) starts there.
+        self.on_stored = on_stored
         self._records: list[BlobRecord] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._in_turn: _InTurn | None = None
 
     # -- the pull ----------------------------------------------------------------------------------------
     def run(self, image: ResolvedImage) -> PullResult:
@@ -205,9 +214,9 @@ class Puller:
             + ")",
         )
         with self.containerd.lease():
-            self._fetch_all(ref, tasks, source)
-            for desc, body, _ in small:
+            for desc, body, _ in small:  # configs first: a layer can be indexed once its config is there
                 self._store_small(desc, body, "config", source)
+            self._fetch_all(ref, tasks, source)
             # Manifests and the index last: they reference the blobs above through GC labels.
             for desc, body in manifests:
                 self._store_small(desc, body, "manifest", {**source, **gc_labels(body)})
@@ -237,23 +246,53 @@ class Puller:
     ) -> None:
         if not tasks:
             return
-        # Large blobs first, so the longest transfers start early.
-        ordered = sorted(tasks, key=lambda t: -t[0].size)
+        # Configs first (small, and each layer's indexing waits for its config), then large blobs first, so
+        # the longest transfers start early.
+        ordered = sorted(tasks, key=lambda t: (t[1] != "config", -t[0].size))
         pool = ThreadPoolExecutor(self.options.max_concurrent_downloads, thread_name_prefix="pull")
-        futures: list[Future[None]] = [
+        futures: list[Future[None]] = []
+        if self.options.large_layers_in_turn:
+            large = [t for t in ordered if t[1] == "layer" and t[0].size >= self.options.min_layer_size]
+            ordered = [t for t in ordered if t not in large]
+            if large:
+                self._in_turn = _InTurn(large, self.options.max_concurrent_downloads)
+
+                def more_lanes(count: int) -> None:
+                    with self._lock, contextlib.suppress(RuntimeError):  # the pull is over: shut down
+                        if not self._stop.is_set():
+                            futures.extend(pool.submit(self._lane, ref, labels) for _ in range(count))
+
+                self._in_turn.on_slow = more_lanes
+                futures.append(pool.submit(self._lane, ref, labels))
+        futures += [
             pool.submit(self._fetch_blob, ref, desc, kind, plat, labels) for desc, kind, plat in ordered
         ]
         try:
-            wait(futures, return_when=FIRST_EXCEPTION)
-            for fut in futures:
-                if fut.done() and not fut.cancelled() and (exc := fut.exception()) is not None:
-                    raise exc
+            while True:
+                with self._lock:  # lanes may be added while we wait
+                    pending = [fut for fut in futures if not fut.done()]
+                    finished = [fut for fut in futures if fut.done()]
+                for fut in finished:
+                    if not fut.cancelled() and (exc := fut.exception()) is not None:
+                        raise exc
+                if not pending:
+                    break
+                wait(pending, return_when=FIRST_EXCEPTION)
         except BaseException:
             # A failed blob, Ctrl-C or SIGTERM: stop the other transfers at their next chunk, not at their end.
             self._stop.set()
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
+
+    def _lane(self, ref: Reference, labels: dict[str, str]) -> None:
+        """Large layers, one after the other, from the shared largest-first queue."""
+        assert self._in_turn is not None
+        while (task := self._in_turn.next()) is not None:
+            if self._stop.is_set():
+                raise PullCancelled(task[0].digest)
+            desc, kind, plat = task
+            self._fetch_blob(ref, desc, kind, plat, labels)
 
     def _fetch_blob(
         self, ref: Reference, desc: Descriptor, kind: str, plat: str, labels: dict[str, str]
@@ -281,6 +320,8 @@ class Puller:
                     if self._stop.is_set():
                         raise PullCancelled(desc.digest)
                     record.bytes_downloaded += len(chunk)
+                    if self._in_turn is not None:
+                        self._in_turn.advanced(len(chunk))
                     yield chunk
 
         written: WriteResult | None = None
@@ -350,6 +391,53 @@ class Puller:
     def _record(self, record: BlobRecord) -> None:
         with self._lock:
             self._records.append(record)
+        if self.on_stored is not None and record.action != "skipped":
+            try:
+                self.on_stored(record.digest)
+            except Exception:  # an optimisation must not break the pull
+                log.debug("on_stored callback failed for %s", record.digest, exc_info=True)
+
+
+class _InTurn:
+    """Large layers one at a time, largest first, so that each is in (and can be indexed) as early as it can
+    be: when a link's bandwidth is shared, parallel downloads make every layer land late. A single stream may
+    be slower than several, though (a registry far away, a per-connection limit): if the first one runs
+    under ``MIN_RATE`` after ``PROBE_SECONDS``, the other lanes open and the layers left download side by
+    side, as without this."""
+
+    MIN_RATE = 64 * 1024 * 1024  # bytes/s: well above what one soci create indexes a layer at (~36 MiB/s)
+    PROBE_SECONDS = 0.5
+
+    def __init__(self, tasks: list[tuple[Descriptor, str, str]], lanes: int) -> None:
+        self._queue = list(tasks)
+        self._lanes = lanes
+        self._lock = threading.Lock()
+        self._started: float | None = None
+        self._bytes = 0
+        self._decided = lanes <= 1
+        self.on_slow: Callable[[int], None] | None = None
+
+    def next(self) -> tuple[Descriptor, str, str] | None:
+        with self._lock:
+            return self._queue.pop(0) if self._queue else None
+
+    def advanced(self, count: int) -> None:
+        """``count`` more bytes of a large layer arrived."""
+        if self._decided:
+            return
+        with self._lock:
+            now = time.monotonic()
+            if self._started is None:
+                self._started = now
+            self._bytes += count
+            elapsed = now - self._started
+            if self._decided or elapsed < self.PROBE_SECONDS:
+                return
+            self._decided = True
+            rate = self._bytes / elapsed
+        if rate < self.MIN_RATE and self.on_slow is not None:
+            log.debug("one stream runs at %.0f MiB/s: large layers now download side by side", rate / 2**20)
+            self.on_slow(self._lanes - 1)
 
 
 def _is_transient(exc: BaseException) -> bool:

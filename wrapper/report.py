@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -33,6 +33,7 @@ class LayerReport:
     ztoc: str | None = None
     reason: str | None = None
     source: str | None = None  # reused: "cache", or "registry IMAGE_REF"
+    during_pull: bool = False  # built: while the rest of the image was still downloading (wrapper.prebuild)
 
 
 @dataclass
@@ -109,6 +110,7 @@ def describe_index(
     image: PlatformImage,
     events: LayerEvents,
     sources: dict[str, str] | None = None,
+    during_pull: Collection[str] = (),
 ) -> PlatformIndex:
     """What a SOCI index manifest (``body``) covers of ``image``, with what soci said of each layer."""
     doc = json.loads(body)
@@ -124,8 +126,16 @@ def describe_index(
         if layer.digest in ztocs:
             status = "reused" if event is not None and event.kind == "reused" else "built"
             source = (sources or {}).get(layer.digest) if status == "reused" else None
+            early = status == "built" and layer.digest in during_pull
             out.layers.append(
-                LayerReport(layer.digest, layer.size, status, ztoc=ztocs[layer.digest], source=source)
+                LayerReport(
+                    layer.digest,
+                    layer.size,
+                    status,
+                    ztoc=ztocs[layer.digest],
+                    source=source,
+                    during_pull=early,
+                )
             )
         else:
             reason = event.detail if event is not None and event.detail else "under --min-layer-size"

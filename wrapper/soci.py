@@ -287,6 +287,20 @@ class Soci:
     # "soci": indexes and zTOCs in <root>/content (v1); "containerd": in containerd's content store (v2).
     content_store: Literal["soci", "containerd"] = "containerd"
     push_retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # Set in the environment of every soci this object runs.
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    # The soci processes of this object running right now (for ``stop``).
+    _procs: set[subprocess.Popen[str]] = field(default_factory=set, init=False, repr=False, compare=False)
+    _stopped: bool = field(default=False, init=False, repr=False, compare=False)
+
+    def stop(self) -> None:
+        """Kill every soci this object runs, now and from now on, and what each started (the thread waiting
+        for it gets SociError "killed by SIGKILL")."""
+        with _running_lock:
+            self._stopped = True
+            procs = list(self._procs)
+        for proc in procs:
+            _kill_group(proc)
 
     # -- commands ------------------------------------------------------------------------------------
     def create(
@@ -464,6 +478,7 @@ class Soci:
         if self.tmp_dir is not None:
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
             child_env["TMPDIR"] = str(self.tmp_dir)
+        child_env.update(self.extra_env)
         child_env.update(env or {})
         log.debug("running %s", " ".join(argv))
         held = _SIGNALS.hold()  # a signal while soci starts would leave it running: deliver it just after
@@ -500,6 +515,10 @@ class Soci:
             _SIGNALS.release(held)  # raises a signal that came while soci was starting
             with _running_lock:
                 _running.add(proc)
+                self._procs.add(proc)
+                stopped = self._stopped
+            if stopped:
+                _kill_group(proc)
             for reader in readers:
                 reader.start()
             proc.wait(timeout=self.timeout)
@@ -520,6 +539,7 @@ class Soci:
                     reader.join(timeout=2 if proc.returncode is None or proc.returncode < 0 else 10)
             with _running_lock:
                 _running.discard(proc)
+                self._procs.discard(proc)
         err_text = "".join(stderr)
         if proc.returncode != 0:
             if proc.returncode < 0:

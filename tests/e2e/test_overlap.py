@@ -1,0 +1,271 @@
+"""Layers indexed while the pull goes on (wrapper.prebuild), with the real soci and a real registry and containerd.
+
+* the index is the one a sequential run (``--no-overlap``) makes, for V1 and V2, one platform and two;
+* early builds that fail are left to the run's own soci call: the run still succeeds;
+* a run stopped while an early soci runs leaves no soci, no image record and no files behind;
+* large layers download one after another, largest first, and side by side when one stream is slow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_reuse import index, layers, ztoc_list
+from tests.fixtures.registry import RegistryServer
+from tests.helpers import MIB, ROOT, push, seed_for
+from tests.imagefactory import AMD64, ARM64, Image, LayerSpec, build_image, index_of
+from tests.proxy import HttpProxy
+from wrapper.containerd.client import ContainerdClient
+from wrapper.models import Platform
+from wrapper.prebuild import IMAGE_PREFIX
+from wrapper.progress import QuietReporter
+from wrapper.pull import PullOptions, pull
+from wrapper.registry.auth import CredentialStore
+from wrapper.registry.client import RegistryClient
+from wrapper.registry.reference import Reference
+
+THRESHOLD = "1MiB"
+
+
+@pytest.fixture
+def client() -> Iterator[RegistryClient]:
+    with RegistryClient(CredentialStore(use_ecr=False)) as c:
+        yield c
+
+
+def app(tmp_path: Path, seed: int, platform: Platform = AMD64) -> Image:
+    """Three large layers of different sizes and a small one."""
+    specs = [
+        LayerSpec(2 * MIB, seed=seed),
+        LayerSpec(64 * 1024, seed=seed + 1),
+        LayerSpec(4 * MIB, seed=seed + 2),
+        LayerSpec(3 * MIB, seed=seed + 3),
+    ]
+    return build_image(tmp_path / f"app-{seed}", specs, platform=platform)
+
+
+def large(report: dict[str, object], platform: str = "linux/amd64") -> list[dict[str, object]]:
+    return [x for x in layers(report, platform).values() if int(str(x["size"])) >= MIB]
+
+
+@pytest.mark.soci
+def test_v1_index_made_during_the_pull_is_the_sequential_one(
+    tmp_path: Path, registry: RegistryServer, client: RegistryClient, soci_bin: str, request
+) -> None:
+    ref = push(registry, client, "overlap/v1", app(tmp_path, seed_for(request)))
+    early = index(soci_bin, ref, tmp_path / "w")
+    assert [(x["status"], x["during_pull"]) for x in large(early)] == [("built", True)] * 3
+
+    sequential = index(soci_bin, ref, tmp_path / "w", "--force", "--no-reuse", "--no-overlap")
+    assert [(x["status"], x["during_pull"]) for x in large(sequential)] == [("built", False)] * 3
+    assert ztoc_list(client, ref, early) == ztoc_list(client, ref, sequential)
+    assert early["indexes"][0]["soci_index_digest"] == sequential["indexes"][0]["soci_index_digest"]
+
+
+@pytest.mark.soci
+def test_v2_on_two_platforms_during_the_pull_is_the_sequential_one(
+    tmp_path: Path, registry: RegistryServer, client: RegistryClient, soci_bin: str, request
+) -> None:
+    seed = seed_for(request)
+    image = index_of([app(tmp_path, seed, AMD64), app(tmp_path, seed + 10, ARM64)])
+    ref = push(registry, client, "overlap/v2", image)
+    v2 = ("--soci-version", "V2", "--all-platforms")
+    early = index(soci_bin, ref, tmp_path / "w", *v2, "--output-tag", "early-soci")
+    sequential = index(
+        soci_bin,
+        ref,
+        tmp_path / "w",
+        *v2,
+        "--output-tag",
+        "seq-soci",
+        "--force",
+        "--no-reuse",
+        "--no-overlap",
+    )
+    for platform in ("linux/amd64", "linux/arm64/v8"):
+        assert {x["during_pull"] for x in large(early, platform)} == {True}
+        assert {x["during_pull"] for x in large(sequential, platform)} == {False}
+        assert ztoc_list(client, ref, early, platform) == ztoc_list(client, ref, sequential, platform)
+
+
+def soci_shim(directory: Path, real_soci: str, action: str) -> str:
+    """The real soci, except for ``soci create`` of soci-wrapper's one-layer images (the early builds), which
+    ``fail``s (exit 1) or ``hang``s (with a child process of its own)."""
+    what = {"fail": 'echo "soci: injected failure" >&2; exit 1', "hang": "sleep 300 & wait"}[action]
+    script = directory / f"soci-early-{action}"
+    script.write_text(
+        "#!/usr/bin/env bash\n"
+        'for arg in "$@"; do\n'
+        f'  case "$arg" in {IMAGE_PREFIX}*) {what} ;; esac\n'
+        "done\n"
+        f'exec {real_soci} "$@"\n'
+    )
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.mark.soci
+def test_failed_early_builds_are_left_to_the_run(
+    tmp_path: Path, registry: RegistryServer, client: RegistryClient, soci_bin: str, request
+) -> None:
+    ref = push(registry, client, "overlap/fail", app(tmp_path, seed_for(request)))
+    shim = soci_shim(tmp_path, soci_bin, "fail")
+    report = index(shim, ref, tmp_path / "w")
+    assert [(x["status"], x["during_pull"]) for x in large(report)] == [("built", False)] * 3
+    assert report["indexes"][0]["ztocs"] == 3
+
+
+@pytest.mark.soci
+def test_attached_containerd_keeps_no_one_layer_images(
+    tmp_path: Path,
+    registry: RegistryServer,
+    client: RegistryClient,
+    soci_bin: str,
+    containerd_client: ContainerdClient,
+    request,
+) -> None:
+    ref = push(registry, client, "overlap/attached", app(tmp_path, seed_for(request)))
+    attach = ("--containerd-address", containerd_client.address, "--namespace", containerd_client.namespace)
+    report = index(soci_bin, ref, tmp_path / "w", *attach)
+    assert {x["during_pull"] for x in large(report)} == {True}
+    names = [image.name for image in containerd_client.images.list()]
+    assert names == [str(ref)]
+    assert not [n for n in names if n.startswith(IMAGE_PREFIX)]
+    assert containerd_client.leases.list() == []
+
+
+def _processes_in_group(pgid: int) -> list[str]:
+    """The live processes of process group ``pgid`` (zombies waiting for init to reap them are not)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = (entry / "stat").read_text()
+                state, _ppid, group = stat.rsplit(")", 1)[1].split()[:3]
+                if int(group) == pgid and state != "Z":
+                    found.append(f"{entry.name} {state} {(entry / 'cmdline').read_bytes()!r}")
+    return found
+
+
+def _early_soci(work: Path) -> int | None:
+    """The pid of an early build's soci (the shim: its command line names a one-layer image and the work
+    dir)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if IMAGE_PREFIX in cmdline and str(work) in cmdline:
+                return int(entry.name)
+    return None
+
+
+@pytest.mark.soci
+def test_sigterm_while_an_early_build_runs_stops_it(
+    tmp_path: Path, registry: RegistryServer, client: RegistryClient, soci_bin: str, request
+) -> None:
+    ref = push(registry, client, "overlap/stop", app(tmp_path, seed_for(request)))
+    shim = soci_shim(tmp_path, soci_bin, "hang")
+    work = tmp_path / "work"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOCI_WRAPPER_")}
+    argv = [sys.executable, "-m", "wrapper.cli", "index", str(ref), "--soci-bin", shim]
+    argv += ["--min-layer-size", THRESHOLD, "--work-dir", str(work)]
+    err_path = tmp_path / "stderr"
+    with err_path.open("w") as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err, cwd=ROOT, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while (early := _early_soci(work)) is None:
+            assert proc.poll() is None, f"the run ended (exit {proc.returncode}):\n{err_path.read_text()}"
+            assert time.monotonic() < deadline, f"no early soci create started:\n{err_path.read_text()}"
+            time.sleep(0.02)
+        group = os.getpgid(early)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        text = err_path.read_text()
+        assert proc.returncode == 130, text
+        assert "Traceback" not in text, text
+        assert _processes_in_group(group) == []  # the hanging soci and its child are gone
+        assert list(work.iterdir()) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+# -- the order of the downloads ------------------------------------------------------------------------------
+class Transfers(QuietReporter):
+    """Records when each blob's transfer started and finished."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.started: dict[str, float] = {}
+        self.finished: dict[str, float] = {}
+
+    def blob_started(self, digest: str, label: str, total: int, offset: int = 0) -> None:
+        with self.lock:
+            self.started.setdefault(digest, time.monotonic())
+
+    def blob_finished(self, digest: str, note: str = "") -> None:
+        with self.lock:
+            self.finished[digest] = time.monotonic()
+
+
+def _pull_large_in_turn(registry_host: str, ref: Reference, address: str, namespace: str) -> Transfers:
+    transfers = Transfers()
+    options = PullOptions(min_layer_size=MIB, large_layers_in_turn=True)
+    with (
+        RegistryClient(CredentialStore(use_ecr=False), plain_http=True) as registry,
+        ContainerdClient(address, namespace) as containerd,
+    ):
+        via = Reference(registry_host, ref.repository, digest=ref.digest)
+        pull(registry, containerd, via, options, transfers)
+    return transfers
+
+
+def test_large_layers_download_largest_first_one_at_a_time(
+    tmp_path: Path,
+    registry: RegistryServer,
+    client: RegistryClient,
+    containerd_client: ContainerdClient,
+    request,
+) -> None:
+    image = app(tmp_path, seed_for(request))
+    ref = push(registry, client, "overlap/order", image)
+    big = sorted((x for x in image.layers if x.size >= MIB), key=lambda x: -x.size)
+    seen = _pull_large_in_turn(registry.host, ref, containerd_client.address, containerd_client.namespace)
+    starts = [seen.started[x.digest] for x in big]
+    assert starts == sorted(starts)  # largest first
+    for before, after in itertools.pairwise(big):
+        assert seen.started[after.digest] >= seen.finished[before.digest]  # one at a time
+
+
+def test_large_layers_download_side_by_side_when_one_stream_is_slow(
+    tmp_path: Path,
+    registry: RegistryServer,
+    client: RegistryClient,
+    containerd_client: ContainerdClient,
+    request,
+) -> None:
+    image = app(tmp_path, seed_for(request))
+    ref = push(registry, client, "overlap/slow", image)
+    big = [x for x in image.layers if x.size >= MIB]
+    with HttpProxy(registry.host) as proxy:
+        proxy.throttle(r"/blobs/sha256:", 4 * MIB, method="GET")  # 1 s for the largest: far under 64 MiB/s
+        seen = _pull_large_in_turn(proxy.host, ref, containerd_client.address, containerd_client.namespace)
+    largest = max(big, key=lambda x: x.size)
+    others = [x for x in big if x is not largest]
+    # The others did not wait for the largest: they started while it still downloaded.
+    assert all(seen.started[x.digest] < seen.finished[largest.digest] for x in others)
