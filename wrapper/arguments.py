@@ -259,7 +259,11 @@ def build_parser() -> _Parser:
     )
     g.add_argument("--output-tag", help="tag for the SOCI-enabled image (required for V2, ignored for V1)")
     g.add_argument("--span-size", type=parse_size, help="zTOC span size (soci's default: 4MiB)")
-    g.add_argument("--force", action="store_true", help="rebuild and push even when an index already exists")
+    g.add_argument(
+        "--force",
+        action="store_true",
+        help="index and push even when the image already has an index",
+    )
     add_index_verify_flag(g)
     g.add_argument("--soci-bin", help="soci binary (default: $SOCI_BIN, .deps/bin/soci, then PATH)")
     g = p.add_argument_group("zTOC reuse (index only what is new)")

@@ -270,7 +270,7 @@ def index_image(
             if "zstd" in (unindexable_reason(layer.media_type, layer.size, 0) or "")
         }
         pull_options = dataclasses.replace(
-            request.pull, skip_layers=frozenset(reusable) | unreadable, large_layers_in_turn=request.overlap
+            request.pull, skip_layers=frozenset(reusable) | unreadable, largest_layer_first=request.overlap
         )
         soci = _soci(soci_bin, client, run_dir, request)
         with (

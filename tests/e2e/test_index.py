@@ -293,6 +293,10 @@ def test_v1_end_to_end(
     assert len(referrers(client, ref, image.digest)) == 1
     forced = index_cli(soci_bin, ref, "--force", work=tmp_path / "work")
     assert forced["status"] == "indexed"
+    # --force builds the index again from the layer (the image's own index is not a source of zTOCs to
+    # reuse), and it is the same index.
+    assert [x["status"] for x in forced["indexes"][0]["layers"] if x["size"] >= MIB] == ["built"]
+    assert forced["indexes"][0]["soci_index_digest"] == report["indexes"][0]["soci_index_digest"]
 
     # The tool's own pushes (as an ECR push event would name them) are not images to index again.
     fallback_tag = "sha256-" + image.digest.removeprefix("sha256:")
