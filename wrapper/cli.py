@@ -480,6 +480,14 @@ def _normalise_argv(argv: Sequence[str]) -> list[str]:
     return ["index", *args]
 
 
+class _Plain(logging.Formatter):
+    """Log records as the progress display writes its warnings (``warning: ...``); ``--debug`` adds the level
+    in capitals and the logger's name."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.message}"
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (CodeBuild stopping a build, ``timeout``): unwind like Ctrl-C so daemons and files are cleaned up."""
 
@@ -503,11 +511,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return ExitCode.USAGE
     debug = bool(getattr(args, "debug", False))
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s") if debug else _Plain())
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[handler])
     # Their debug logs carry secrets (presigned URLs, ECR token responses): never below INFO.
     for noisy in ("urllib3", "botocore", "boto3", "s3transfer"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))

@@ -136,3 +136,4 @@ def test_a_registry_that_refuses_connections_is_given_up_quickly(soci_bin: str) 
     assert len(errors) == 1 and "connection refused (gave up after 3 attempts" in errors[0], proc.stderr
     retries = [line for line in proc.stderr.splitlines() if "retrying in" in line]
     assert len(retries) == 2 and all(len(line) < 120 for line in retries), retries
+    assert all(line.startswith("warning: ") for line in retries), retries  # as the tool's other warnings

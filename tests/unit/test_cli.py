@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 
 import pytest
 
 from tests.helpers import run_cli
-from wrapper.cli import _normalise_argv, _resolve_index_reference, build_parser, parse_size
+from wrapper.cli import _normalise_argv, _Plain, _resolve_index_reference, build_parser, parse_size
 from wrapper.errors import ExitCode, UsageError
 
 DIGEST = "sha256:" + "ab" * 32
@@ -143,3 +144,11 @@ def test_help_documents_exit_codes_and_environment() -> None:
         "--debug",
     ):
         assert text in proc.stdout, text
+
+
+def test_log_records_print_as_the_tools_own_warnings() -> None:
+    args = ("a.example", 0.5)
+    record = logging.LogRecord(
+        "wrapper.registry", logging.WARNING, __file__, 1, "503 from %s; retrying in %.1f s", args, None
+    )
+    assert _Plain().format(record) == "warning: 503 from a.example; retrying in 0.5 s"
