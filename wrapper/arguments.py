@@ -284,9 +284,19 @@ def build_parser() -> _Parser:
     )
     g.add_argument("--no-reuse", action="store_true", help="build every zTOC from its layer")
     g.add_argument(
+        "--overlap",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="build each large layer's zTOC as soon as it is downloaded, while the pull goes on: 'auto' "
+        "(default) does so unless the pull runs faster than 64 MiB/s per CPU (then the CPU, not the link, "
+        "bounds the run, and the early builds would only take it from the pull)",
+    )
+    g.add_argument(
         "--no-overlap",
-        action="store_true",
-        help="build zTOCs only after the whole pull (default: each large layer as soon as it is downloaded)",
+        dest="overlap",
+        action="store_const",
+        const="never",
+        help="the same as --overlap never: build zTOCs only after the whole pull",
     )
     g.add_argument(
         "--soci-timeout", type=parse_seconds, default=3600.0, help="seconds each soci call may take"

@@ -211,7 +211,7 @@ def cmd_index(args: argparse.Namespace, out: Console, err: Console, stdin: Calla
             soci_timeout=args.soci_timeout,
             debug=args.debug,
             reuse=_reuse_options(args, reference),
-            overlap=not args.no_overlap,
+            overlap=args.overlap,
         )
 
     if args.from_oci is not None:

@@ -13,6 +13,7 @@ from wrapper.registry.reference import Reference
 from wrapper.reuse import ReuseOptions
 
 SociVersion = Literal["V1", "V2"]
+Overlap = Literal["auto", "always", "never"]
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,9 @@ class IndexRequest:
     soci_timeout: float = 3600.0
     debug: bool = False
     reuse: ReuseOptions = field(default_factory=ReuseOptions)
-    # Index each large layer as soon as it is downloaded (wrapper.prebuild), not after the whole pull.
-    overlap: bool = True
+    # Index each large layer as soon as it is downloaded (wrapper.prebuild), not after the whole pull: "auto"
+    # unless the pull is fast enough to keep the CPUs busy on its own.
+    overlap: Overlap = "auto"
 
     def __post_init__(self) -> None:
         if self.soci_version == "V2" and not self.output_tag:

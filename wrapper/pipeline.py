@@ -40,7 +40,7 @@ from wrapper.errors import (
 from wrapper.existing import find_existing_indexes, soci_artifact
 from wrapper.indexing import Indexing
 from wrapper.options import DaemonOptions, IndexRequest, RegistryOptions
-from wrapper.prebuild import Prebuilder
+from wrapper.prebuild import Prebuilder, fast_pull_rate
 from wrapper.progress import QuietReporter, Reporter, human_size, short_digest
 from wrapper.pull import (
     DEFAULT_MIN_LAYER_SIZE,
@@ -270,7 +270,9 @@ def index_image(
             if "zstd" in (unindexable_reason(layer.media_type, layer.size, 0) or "")
         }
         pull_options = dataclasses.replace(
-            request.pull, skip_layers=frozenset(reusable) | unreadable, largest_layer_first=request.overlap
+            request.pull,
+            skip_layers=frozenset(reusable) | unreadable,
+            largest_layer_first=request.overlap != "never",
         )
         soci = _soci(soci_bin, client, run_dir, request)
         with (
@@ -303,8 +305,8 @@ def _soci(binary: str, client: ContainerdClient, run_dir: Path, request: IndexRe
 def _prebuilder(
     request: IndexRequest, session: Session, soci: Soci, image: ResolvedImage, pull: PullOptions
 ) -> contextlib.AbstractContextManager[Prebuilder | None]:
-    """What indexes layers while the pull goes on (wrapper.prebuild), unless --no-overlap."""
-    if not request.overlap:
+    """What indexes layers while the pull goes on (wrapper.prebuild), unless --overlap never."""
+    if request.overlap == "never":
         return contextlib.nullcontext()
     return Prebuilder(
         soci=soci,
@@ -314,6 +316,7 @@ def _prebuilder(
         skip=pull.skip_layers,
         span_size=request.span_size,
         min_layer_size=pull.min_layer_size,
+        max_pull_rate=fast_pull_rate() if request.overlap == "auto" else None,
     )
 
 

@@ -3,7 +3,8 @@
 * the index is the one a sequential run (``--no-overlap``) makes, for V1 and V2, one platform and two;
 * early builds that fail are left to the run's own soci call: the run still succeeds;
 * a run stopped while an early soci runs leaves no soci, no image record and no files behind;
-* the largest layer downloads first, on its own (the others at once when one stream is slow).
+* the largest layer downloads first, on its own (the others at once when one stream is slow);
+* ``--overlap auto`` builds early when the pull is slow, and declines when it is fast.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from wrapper.registry.client import RegistryClient
 from wrapper.registry.reference import Reference
 
 THRESHOLD = "1MiB"
+# The images here are small: over loopback, how fast their pull seems is noise, and --overlap auto could go
+# either way. The tests of the early builds ask for them; auto has tests of its own.
+ALWAYS = ("--overlap", "always")
 
 
 @pytest.fixture
@@ -63,7 +67,7 @@ def test_v1_index_made_during_the_pull_is_the_sequential_one(
     tmp_path: Path, registry: RegistryServer, client: RegistryClient, soci_bin: str, request
 ) -> None:
     ref = push(registry, client, "overlap/v1", app(tmp_path, seed_for(request)))
-    early = index(soci_bin, ref, tmp_path / "w")
+    early = index(soci_bin, ref, tmp_path / "w", *ALWAYS)
     assert [(x["status"], x["during_pull"]) for x in large(early)] == [("built", True)] * 3
 
     sequential = index(soci_bin, ref, tmp_path / "w", "--force", "--no-reuse", "--no-overlap")
@@ -80,7 +84,7 @@ def test_v2_on_two_platforms_during_the_pull_is_the_sequential_one(
     image = index_of([app(tmp_path, seed, AMD64), app(tmp_path, seed + 10, ARM64)])
     ref = push(registry, client, "overlap/v2", image)
     v2 = ("--soci-version", "V2", "--all-platforms")
-    early = index(soci_bin, ref, tmp_path / "w", *v2, "--output-tag", "early-soci")
+    early = index(soci_bin, ref, tmp_path / "w", *v2, *ALWAYS, "--output-tag", "early-soci")
     sequential = index(
         soci_bin,
         ref,
@@ -90,7 +94,8 @@ def test_v2_on_two_platforms_during_the_pull_is_the_sequential_one(
         "seq-soci",
         "--force",
         "--no-reuse",
-        "--no-overlap",
+        "--overlap",
+        "never",
     )
     for platform in ("linux/amd64", "linux/arm64/v8"):
         assert {x["during_pull"] for x in large(early, platform)} == {True}
@@ -120,7 +125,7 @@ def test_failed_early_builds_are_left_to_the_run(
 ) -> None:
     ref = push(registry, client, "overlap/fail", app(tmp_path, seed_for(request)))
     shim = soci_shim(tmp_path, soci_bin, "fail")
-    report = index(shim, ref, tmp_path / "w")
+    report = index(shim, ref, tmp_path / "w", *ALWAYS)
     assert [(x["status"], x["during_pull"]) for x in large(report)] == [("built", False)] * 3
     assert report["indexes"][0]["ztocs"] == 3
 
@@ -136,7 +141,7 @@ def test_attached_containerd_keeps_no_one_layer_images(
 ) -> None:
     ref = push(registry, client, "overlap/attached", app(tmp_path, seed_for(request)))
     attach = ("--containerd-address", containerd_client.address, "--namespace", containerd_client.namespace)
-    report = index(soci_bin, ref, tmp_path / "w", *attach)
+    report = index(soci_bin, ref, tmp_path / "w", *attach, *ALWAYS)
     assert {x["during_pull"] for x in large(report)} == {True}
     names = [image.name for image in containerd_client.images.list()]
     assert names == [str(ref)]
@@ -179,7 +184,7 @@ def test_sigterm_while_an_early_build_runs_stops_it(
     work = tmp_path / "work"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOCI_WRAPPER_")}
     argv = [sys.executable, "-m", "wrapper.cli", "index", str(ref), "--soci-bin", shim]
-    argv += ["--min-layer-size", THRESHOLD, "--work-dir", str(work)]
+    argv += ["--min-layer-size", THRESHOLD, "--work-dir", str(work), *ALWAYS]
     err_path = tmp_path / "stderr"
     with err_path.open("w") as err:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err, cwd=ROOT, env=env)
@@ -255,3 +260,15 @@ def test_the_largest_layer_downloads_first_on_its_own_unless_slow(
     else:  # the others did not wait for the largest: they started while it still downloaded
         assert all(seen.started[x.digest] < seen.finished[largest.digest] for x in others)
     assert all(seen.started[largest.digest] <= seen.started[x.digest] for x in others)
+
+
+@pytest.mark.soci
+def test_auto_builds_early_when_the_pull_is_slow(
+    tmp_path: Path, registry: RegistryServer, client: RegistryClient, soci_bin: str, request
+) -> None:
+    ref = push(registry, client, "overlap/auto", app(tmp_path, seed_for(request)))
+    with HttpProxy(registry.host) as proxy:
+        proxy.throttle(r"/blobs/sha256:", 4 * MIB, method="GET")  # ~12 MiB/s in all: far under 64 per CPU
+        via = Reference(proxy.host, ref.repository, digest=ref.digest)
+        report = index(soci_bin, via, tmp_path / "w")
+    assert [(x["status"], x["during_pull"]) for x in large(report)] == [("built", True)] * 3
