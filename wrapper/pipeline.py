@@ -273,6 +273,7 @@ def index_image(
             request.pull,
             skip_layers=frozenset(reusable) | unreadable,
             largest_layer_first=request.overlap != "never",
+            largest_alone_below=fast_pull_rate() if request.overlap == "auto" else None,
         )
         soci = _soci(soci_bin, client, run_dir, request)
         with (

@@ -82,6 +82,9 @@ class PullOptions:
     # The largest layer downloads on its own before the other large layers (it can be indexed as soon as it is
     # in: see wrapper.prebuild), rather than side by side with them; the small blobs still download beside it.
     largest_layer_first: bool = False
+    # With largest_layer_first: a first stream faster than this (bytes/s) opens the other lanes as well. A pull
+    # that fast gets no early builds (--overlap auto, wrapper.prebuild), so nothing is worth waiting for.
+    largest_alone_below: float | None = None
 
     def __post_init__(self) -> None:
         if self.platforms and self.all_platforms:
@@ -255,7 +258,9 @@ class Puller:
             large = [t for t in ordered if t[1] == "layer" and t[0].size >= self.options.min_layer_size]
             ordered = [t for t in ordered if t not in large]
             if large:
-                self._largest_first = _LargestFirst(large, self.options.max_concurrent_downloads)
+                self._largest_first = _LargestFirst(
+                    large, self.options.max_concurrent_downloads, self.options.largest_alone_below
+                )
 
                 def more_lanes(count: int) -> None:
                     with self._lock, contextlib.suppress(RuntimeError):  # the pull is over: shut down
@@ -403,7 +408,8 @@ class _LargestFirst:
     as early as it can be: downloaded side by side with the others on a link they share, it lands last. Once
     it is in, the other large layers download side by side (largest first), as without this. A single stream
     may be slower than several (a registry far away, a per-connection limit): if the first one runs under
-    ``MIN_RATE`` after ``PROBE_SECONDS``, the others start at once.
+    ``MIN_RATE`` after ``PROBE_SECONDS``, the others start at once; so they do when it runs over ``max_rate``
+    (no early builds are made for so fast a pull).
 
     (Measured on 2 cores: every large layer in turn was as fast behind an 800 Mbit/s link, but made a 2 GiB
     image of four equal layers 7 % slower, its last layer landing later; see benchmarks/README.md.)"""
@@ -411,9 +417,17 @@ class _LargestFirst:
     MIN_RATE = 64 * 1024 * 1024  # bytes/s: well above what one soci create indexes a layer at (~36 MiB/s)
     PROBE_SECONDS = 0.5
 
-    def __init__(self, tasks: list[tuple[Descriptor, str, str]], lanes: int) -> None:
+    def __init__(
+        self,
+        tasks: list[tuple[Descriptor, str, str]],
+        lanes: int,
+        max_rate: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
         self._queue = list(tasks)
         self._lanes = lanes
+        self._max_rate = max_rate
         self._lock = threading.Lock()
         self._started: float | None = None
         self._bytes = 0
@@ -437,7 +451,7 @@ class _LargestFirst:
         if self._decided:
             return
         with self._lock:
-            now = time.monotonic()
+            now = self._clock()
             if self._started is None:
                 self._started = now
             self._bytes += count
@@ -446,7 +460,8 @@ class _LargestFirst:
                 return
             self._decided = True
             rate = self._bytes / elapsed
-        if rate < self.MIN_RATE and self.open_lanes is not None:
+        fast = self._max_rate is not None and rate > self._max_rate
+        if (rate < self.MIN_RATE or fast) and self.open_lanes is not None:
             log.debug("one stream runs at %.0f MiB/s: large layers now download side by side", rate / 2**20)
             self.open_lanes(self._lanes - 1)
 

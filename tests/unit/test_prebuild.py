@@ -1,13 +1,17 @@
-"""--overlap auto's decision (wrapper.prebuild): pure logic, no containerd or soci needed."""
+"""--overlap auto's decisions (wrapper.prebuild, and the order of the pull): pure logic, no containerd or soci
+needed."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import cast
 
+import pytest
+
 from wrapper.containerd.client import ContainerdClient
 from wrapper.models import Descriptor, Platform
 from wrapper.prebuild import FAST_PULL_PER_CPU, Prebuilder, PullRate, fast_pull_rate
+from wrapper.pull import _LargestFirst
 from wrapper.registry.reference import Reference
 from wrapper.resolve import PlatformImage, ResolvedImage
 from wrapper.soci import Soci
@@ -69,3 +73,26 @@ def test_a_pull_faster_than_the_rate_builds_nothing_early(tmp_path: Path) -> Non
         assert early.results() == {}
     finally:
         early.close()
+
+
+@pytest.mark.parametrize(
+    ("mib_per_s", "max_rate", "opened"),
+    [
+        (300, None, []),  # fast, early builds wanted (--overlap always): the largest stays alone
+        (300, 128 * MIB, [3]),  # fast, no early builds will be made (--overlap auto): no reason to wait
+        (100, 128 * MIB, []),  # between: the largest alone, its zTOC can start early
+        (10, 128 * MIB, [3]),  # one stream is slow: several are faster
+        (10, None, [3]),
+    ],
+)
+def test_the_largest_layer_downloads_alone_only_when_that_pays(
+    mib_per_s: int, max_rate: float | None, opened: list[int]
+) -> None:
+    now = [0.0]
+    order = _LargestFirst([], lanes=4, max_rate=max_rate, clock=lambda: now[0])
+    seen: list[int] = []
+    order.open_lanes = seen.append
+    order.advanced(1)
+    now[0] = _LargestFirst.PROBE_SECONDS
+    order.advanced(int(mib_per_s * MIB * _LargestFirst.PROBE_SECONDS))
+    assert seen == opened
