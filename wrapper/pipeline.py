@@ -281,9 +281,9 @@ def index_image(
             _prebuilder(request, session, soci, image, pull_options) as early,
         ):
             # Each large layer is indexed as soon as it is in containerd, while the others download.
-            on_stored = early.stored if early is not None else None
+            on_stored, on_bytes = (early.stored, early.downloaded) if early is not None else (None, None)
             with stages("pull", announce=False):  # the puller announces itself, with what it fetches
-                pulled = Puller(registry, client, pull_options, reporter, on_stored).run(image)
+                pulled = Puller(registry, client, pull_options, reporter, on_stored, on_bytes).run(image)
             report.pull = pulled.summary()
             indexing = Indexing(request, pulled, soci, report, stages, reusable, early)
             _index_and_push(indexing, push_auth, client, registry, image.index_body)

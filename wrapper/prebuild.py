@@ -70,15 +70,19 @@ def fast_pull_rate(cpus: int | None = None) -> float:
 
 
 class PullRate:
-    """Bytes the pull has stored, over the time since it began."""
+    """Bytes the pull has downloaded (of blobs stored or not yet), over the time since it began. Stored bytes
+    would not do: layers downloading side by side are all stored at the end, and the first one in would make
+    a fast pull look slow."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._began = clock()
+        self._lock = threading.Lock()
         self.bytes = 0
 
     def add(self, count: int) -> None:
-        self.bytes += count
+        with self._lock:
+            self.bytes += count
 
     def per_second(self) -> float:
         return self.bytes / max(self._clock() - self._began, 0.05)
@@ -121,7 +125,6 @@ class Prebuilder:
                 if unindexable_reason(layer.media_type, layer.size, min_layer_size) is None:
                     self._jobs[layer.digest] = _Job(layer, sel)
         self._stored: set[str] = set()
-        self._sizes = {d.digest: d.size for sel in image.selected for d in (sel.config, *sel.layers)}
         self._max_rate = max_pull_rate
         self._rate = PullRate()
         self._declined: set[str] = set()
@@ -150,8 +153,6 @@ class Prebuilder:
         with self._lock:
             if self._closed:
                 return
-            if digest not in self._stored:
-                self._rate.add(self._sizes.get(digest, 0))
             self._stored.add(digest)
             ready = [
                 job
@@ -173,6 +174,10 @@ class Prebuilder:
                     self._declined.add(job.layer.digest)
                     continue
                 self._started[job.layer.digest] = self._pool.submit(self._build, job)
+
+    def downloaded(self, count: int) -> None:
+        """``count`` more bytes of the image arrived (called from the pull's transfer threads)."""
+        self._rate.add(count)
 
     @property
     def pending(self) -> int:

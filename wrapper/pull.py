@@ -158,6 +158,7 @@ class Puller:
         options: PullOptions,
         reporter: Reporter | None = None,
         on_stored: Callable[[str], None] | None = None,
+        on_bytes: Callable[[int], None] | None = None,
     ) -> None:
         self.registry = registry
         self.containerd = containerd
@@ -166,6 +167,7 @@ class Puller:
         # Told each blob's digest as soon as it is in the content store (from the transfer threads): what
         # builds zTOCs while the pull goes on (wrapper.prebuild) starts there.
         self.on_stored = on_stored
+        self.on_bytes = on_bytes  # told the size of every chunk downloaded (how fast the pull runs)
         self._records: list[BlobRecord] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -327,6 +329,8 @@ class Puller:
                     record.bytes_downloaded += len(chunk)
                     if self._largest_first is not None:
                         self._largest_first.advanced(len(chunk))
+                    if self.on_bytes is not None:
+                        self.on_bytes(len(chunk))
                     yield chunk
 
         written: WriteResult | None = None
