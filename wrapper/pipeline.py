@@ -269,16 +269,18 @@ def index_image(
             for layer in sel.layers
             if "zstd" in (unindexable_reason(layer.media_type, layer.size, 0) or "")
         }
+        # --overlap auto: no early builds over this pull rate, and so no reason for the largest layer to wait.
+        auto_rate = fast_pull_rate() if request.overlap == "auto" else None
         pull_options = dataclasses.replace(
             request.pull,
             skip_layers=frozenset(reusable) | unreadable,
             largest_layer_first=request.overlap != "never",
-            largest_alone_below=fast_pull_rate() if request.overlap == "auto" else None,
+            largest_alone_below=auto_rate,
         )
         soci = _soci(soci_bin, client, run_dir, request)
         with (
             _removed_after(session, run_dir),
-            _prebuilder(request, session, soci, image, pull_options) as early,
+            _prebuilder(request, session, soci, image, pull_options, auto_rate) as early,
         ):
             # Each large layer is indexed as soon as it is in containerd, while the others download.
             on_stored, on_bytes = (early.stored, early.downloaded) if early is not None else (None, None)
@@ -304,7 +306,12 @@ def _soci(binary: str, client: ContainerdClient, run_dir: Path, request: IndexRe
 
 
 def _prebuilder(
-    request: IndexRequest, session: Session, soci: Soci, image: ResolvedImage, pull: PullOptions
+    request: IndexRequest,
+    session: Session,
+    soci: Soci,
+    image: ResolvedImage,
+    pull: PullOptions,
+    max_pull_rate: float | None,
 ) -> contextlib.AbstractContextManager[Prebuilder | None]:
     """What indexes layers while the pull goes on (wrapper.prebuild), unless --overlap never."""
     if request.overlap == "never":
@@ -317,7 +324,7 @@ def _prebuilder(
         skip=pull.skip_layers,
         span_size=request.span_size,
         min_layer_size=pull.min_layer_size,
-        max_pull_rate=fast_pull_rate() if request.overlap == "auto" else None,
+        max_pull_rate=max_pull_rate,
     )
 
 

@@ -126,7 +126,7 @@ class Prebuilder:
                     self._jobs[layer.digest] = _Job(layer, sel)
         self._stored: set[str] = set()
         self._max_rate = max_pull_rate
-        self._rate = PullRate()
+        self._rate = PullRate()  # made just before the pull starts (see wrapper.pipeline)
         self._declined: set[str] = set()
         self._started: dict[str, Future[Reusable | None]] = {}
         self._socis: list[Soci] = []
@@ -139,7 +139,6 @@ class Prebuilder:
     def __enter__(self) -> Prebuilder:
         if self._jobs:
             self._stack.enter_context(self._client.lease())
-        self._rate = PullRate()
         return self
 
     def __exit__(
