@@ -29,9 +29,9 @@ from tests.fixtures.registry import RegistryServer, start_registry
 from tests.imagefactory import Image, LayerSpec, build_image, build_layer, push_image
 from wrapper.containerd.client import ContainerdClient
 from wrapper.containerd.daemon import ManagedContainerd, containerd_binary_version, find_containerd
+from wrapper.core.reference import Reference
 from wrapper.registry.auth import CredentialStore
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
 
 MiB = 1024 * 1024
 MB = 1_000_000
@@ -199,13 +199,13 @@ def check_content(address: str, namespace: str, expected: Expected) -> None:
 # -- running commands ---------------------------------------------------------------------------------------
 def soci_wrapper_command(override: str | None = None) -> list[str]:
     """``override`` (split on spaces), else the console script next to this Python, else
-    ``python -m wrapper.cli``."""
+    ``python -m wrapper.cli.main``."""
     if override:
         return override.split()
     script = Path(sys.executable).with_name("soci-wrapper")
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)]
-    return [sys.executable, "-m", "wrapper.cli"]
+    return [sys.executable, "-m", "wrapper.cli.main"]
 
 
 def ctr_binary() -> str:

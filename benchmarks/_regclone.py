@@ -15,9 +15,9 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-from wrapper.models import SOCI_INDEX_V1, SOCI_LAYER_DIGEST_ANNOTATION
+from wrapper.core.models import SOCI_INDEX_V1, SOCI_LAYER_DIGEST_ANNOTATION
+from wrapper.core.reference import Reference
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
 
 
 class CloneError(Exception):

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from tests.fixtures.registry import start_registry
 from tests.imagefactory import LayerSpec, build_image, push_image
+from wrapper.core.reference import Reference
 from wrapper.registry.auth import CredentialStore
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
 
 MIB = 1 << 20
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +51,7 @@ def main() -> int:
                 argv = [
                     sys.executable,
                     "-m",
-                    "wrapper.cli",
+                    "wrapper.cli.main",
                     "index",
                     *refs,
                     "--json",

@@ -80,12 +80,12 @@ from tests.fixtures.registry import RegistryServer, start_registry
 from tests.imagefactory import AMD64, ARM64, Image, ImageIndex, index_of, push_image
 from wrapper.containerd.client import ContainerdClient
 from wrapper.containerd.images import Image as ImageRecord
-from wrapper.errors import WrapperError
-from wrapper.models import Descriptor
+from wrapper.core.errors import WrapperError
+from wrapper.core.models import Descriptor
+from wrapper.core.reference import Reference
 from wrapper.registry.auth import CredentialStore
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
-from wrapper.soci import find_soci, soci_version
+from wrapper.soci.runner import find_soci, soci_version
 
 MIN_LAYER = 10 * MiB  # soci's and soci-wrapper's default --min-layer-size
 SCENARIOS = ("cold-app", "cold-app-link", "rebuild", "rebuild-mid", "two-platform", "big", "memory")
@@ -283,7 +283,7 @@ class Bench:
     templates: dict[str, Template]
     docker_config: Path
     wrapper_argv: list[str]
-    wrapper_cwd: Path | None = None  # a snapshot's root (so that ``-m wrapper.cli`` finds it first)
+    wrapper_cwd: Path | None = None  # a snapshot's root (so that ``-m wrapper.cli.main`` finds it first)
     wrapper_pythonpath: str | None = None
     results: Results = field(default_factory=Results)
     counter: int = 0
@@ -857,7 +857,7 @@ def wrapper_under_test(args: argparse.Namespace, work: Path) -> tuple[list[str],
         if archive.wait() != 0 or untar.returncode != 0:
             raise BenchmarkError(f"could not unpack wrapper/ of {args.wrapper_commit}")
         what = f"commit {commit.stdout.strip()[:12]} (wrapper/ unpacked with git archive)"
-        return [sys.executable, "-m", "wrapper.cli"], snapshot, what
+        return [sys.executable, "-m", "wrapper.cli.main"], snapshot, what
     head = subprocess.run(
         ["git", "-C", str(REPO_ROOT), "rev-parse", "--short=12", "HEAD"],
         capture_output=True,

@@ -45,7 +45,7 @@ from benchmarks._common import (
     soci_wrapper_command,
     work_directory,
 )
-from wrapper.errors import WrapperError
+from wrapper.core.errors import WrapperError
 
 DEFAULT_LIMIT_MIB = 150.0
 

@@ -48,9 +48,9 @@ from benchmarks._common import (
     soci_wrapper_command,
     work_directory,
 )
-from wrapper.cli import parse_size
-from wrapper.errors import WrapperError
-from wrapper.pull import DEFAULT_MIN_LAYER_SIZE
+from wrapper.cli.main import parse_size
+from wrapper.core.errors import WrapperError
+from wrapper.core.options import DEFAULT_MIN_LAYER_SIZE
 
 KINDS = ("ctr-pull", "ctr-fetch", "wrapper-full", "wrapper-sparse")
 LABELS = {

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from tests.imagefactory import AMD64, Blob, Image, Layer
-from wrapper.models import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, Descriptor, Platform
+from wrapper.core.models import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, Descriptor, Platform
 
 MiB = 1024 * 1024
 FORMAT = 3  # bump when the generator changes, so that cached layers are not taken for new ones

@@ -12,8 +12,8 @@ import pytest
 
 from tests.fixtures.registry import RegistryServer
 from tests.imagefactory import Image, ImageIndex, push_image
+from wrapper.core.reference import Reference
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
@@ -26,7 +26,7 @@ def run_cli(
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SOCI_WRAPPER_")}
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "wrapper.cli", *args],
+        [sys.executable, "-m", "wrapper.cli.main", *args],
         capture_output=True,
         text=True,
         env=full_env,

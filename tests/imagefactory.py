@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from wrapper.models import (
+from wrapper.core.models import (
     DOCKER_CONFIG,
     DOCKER_LAYER_GZIP,
     DOCKER_MANIFEST,
@@ -37,8 +37,8 @@ from wrapper.models import (
     Descriptor,
     Platform,
 )
+from wrapper.core.reference import Reference
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
 
 DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
 AMD64 = Platform("linux", "amd64")

@@ -15,7 +15,7 @@ import pytest
 from wrapper.containerd.client import ContainerdClient
 from wrapper.containerd.content import CHUNK_SIZE
 from wrapper.containerd.daemon import ManagedContainerd
-from wrapper.errors import ContainerdError, NotFoundError
+from wrapper.core.errors import ContainerdError, NotFoundError
 
 MiB = 1024 * 1024
 

@@ -19,7 +19,7 @@ from wrapper.containerd.daemon import (
     major_version,
     render_config,
 )
-from wrapper.errors import ContainerdError, MissingDependencyError
+from wrapper.core.errors import ContainerdError, MissingDependencyError
 
 
 def _our_daemons(config_dir: Path) -> list[int]:

@@ -16,7 +16,7 @@ import pytest
 from wrapper.containerd.channel import Connection
 from wrapper.containerd.client import ContainerdClient
 from wrapper.containerd.daemon import ManagedContainerd
-from wrapper.errors import ContainerdError, NotFoundError
+from wrapper.core.errors import ContainerdError, NotFoundError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -134,7 +134,7 @@ def test_permission_denied_on_the_socket_mentions_root(containerd: ManagedContai
     # of its own, so a failure of the run under test (a traceback saying "Permission denied") is never
     # mistaken for an unusable setup.
     probe = _run_unprivileged(
-        setpriv, "-c", "import os, wrapper.containerd.client, wrapper.errors; print(os.geteuid())"
+        setpriv, "-c", "import os, wrapper.containerd.client, wrapper.core.errors; print(os.geteuid())"
     )
     if probe.returncode != 0 or probe.stdout.strip() != "65534":
         pytest.skip(
@@ -144,7 +144,7 @@ def test_permission_denied_on_the_socket_mentions_root(containerd: ManagedContai
     script = (
         "import sys\n"
         "from wrapper.containerd.client import ContainerdClient\n"
-        "from wrapper.errors import ContainerdError\n"
+        "from wrapper.core.errors import ContainerdError\n"
         "try:\n"
         "    ContainerdClient(sys.argv[1], timeout=5).version.get()\n"
         "except ContainerdError as exc:\n"

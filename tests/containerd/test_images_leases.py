@@ -11,8 +11,8 @@ from tests.fixtures.containerd import CtrRunner
 from wrapper.containerd.client import ContainerdClient
 from wrapper.containerd.images import Image
 from wrapper.containerd.leases import EXPIRE_LABEL
-from wrapper.errors import ContainerdError, NotFoundError
-from wrapper.models import OCI_INDEX, OCI_MANIFEST, Descriptor
+from wrapper.core.errors import ContainerdError, NotFoundError
+from wrapper.core.models import OCI_INDEX, OCI_MANIFEST, Descriptor
 
 DIGEST_A = "sha256:" + "a" * 64
 DIGEST_B = "sha256:" + "b" * 64

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from tests.deploy.cfn import Stack, load_template
-from wrapper.pins import pin
+from wrapper.core.pins import pin
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = "scripts/install-soci-release.sh"

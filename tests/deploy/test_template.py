@@ -20,7 +20,7 @@ from rich.console import Console
 
 from tests.deploy.cfn import PSEUDO, Stack, load_template
 from tests.deploy.eventbridge import matches, transform, wildcard_regex
-from wrapper import cli
+from wrapper.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_PATH = ROOT / "deploy" / "soci-index-on-push.yaml"
@@ -148,7 +148,7 @@ def index_request(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], argv: li
     def capture(request: Any, *rest: Any) -> Any:
         raise Captured(request)
 
-    monkeypatch.setattr("wrapper.pipeline.run_index", capture)
+    monkeypatch.setattr("wrapper.run.pipeline.run_index", capture)
     args = cli.build_parser().parse_args(cli._normalise_argv(argv))
     assert args.command == "index"
     reference = cli._resolve_index_reference(args)

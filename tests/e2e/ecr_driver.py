@@ -61,7 +61,7 @@ from tests.fixtures.registry import (
     start_tls_registry,
 )
 from tests.imagefactory import Image, LayerSpec, build_image, push_image
-from wrapper.models import (
+from wrapper.core.models import (
     OCI_INDEX,
     OCI_MANIFEST,
     SOCI_INDEX_V1,
@@ -70,9 +70,9 @@ from wrapper.models import (
     SOCI_ZTOC,
     Descriptor,
 )
+from wrapper.core.reference import Reference
 from wrapper.registry.auth import Credentials, CredentialStore
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ("already-indexed", "no-ca", "end-to-end")
@@ -308,7 +308,7 @@ def cli_command() -> list[str]:
     script = Path(sys.executable).parent / "soci-wrapper"
     if script.is_file():
         return [str(script)]
-    return [sys.executable, "-c", "import sys; from wrapper.cli import main; sys.exit(main())"]
+    return [sys.executable, "-c", "import sys; from wrapper.cli.main import main; sys.exit(main())"]
 
 
 def stop_cli(proc: subprocess.Popen[str], work_parent: Path) -> None:

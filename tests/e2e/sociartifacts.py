@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from tests.imagefactory import Image
-from wrapper.models import (
+from wrapper.core.models import (
     OCI_EMPTY,
     OCI_INDEX,
     OCI_MANIFEST,
@@ -25,8 +25,8 @@ from wrapper.models import (
     SOCI_ZTOC,
     Descriptor,
 )
+from wrapper.core.reference import Reference
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
 
 
 def _digest(data: bytes) -> str:

@@ -55,11 +55,18 @@ from tests.imagefactory import (
     push_schema1_image,
 )
 from tests.registry.stub import StubRequest, StubResponse, StubServer
-from wrapper.errors import ExitCode
-from wrapper.models import OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, OCI_MANIFEST, Descriptor
+from wrapper.core.errors import ExitCode
+from wrapper.core.models import (
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER_GZIP,
+    OCI_LAYER_ZSTD,
+    OCI_MANIFEST,
+    Descriptor,
+)
+from wrapper.core.reference import Reference
 from wrapper.registry.auth import CredentialStore
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
 
 KIB = 1024
 D0 = "sha256:" + "0" * 64

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT
-from wrapper.pins import pin
+from wrapper.core.pins import pin
 
 pytestmark = pytest.mark.soci
 

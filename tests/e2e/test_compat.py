@@ -24,17 +24,17 @@ from tests.imagefactory import Image, LayerSpec, build_image
 from tests.proxy import HttpProxy, RecordedRequest
 from wrapper.containerd.client import ContainerdClient
 from wrapper.containerd.daemon import ManagedContainerd
-from wrapper.errors import ExitCode
-from wrapper.models import (
+from wrapper.core.errors import ExitCode
+from wrapper.core.models import (
     SOCI_INDEX_DIGEST_ANNOTATION,
     SOCI_INDEX_V1,
     SOCI_INDEX_V2,
     SOCI_LAYER_DIGEST_ANNOTATION,
     Descriptor,
 )
+from wrapper.core.reference import Reference
 from wrapper.registry.auth import CredentialStore
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
 
 pytestmark = pytest.mark.soci
 

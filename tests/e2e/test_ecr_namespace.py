@@ -21,8 +21,14 @@ from typing import Any
 
 import pytest
 
-from wrapper.errors import ExitCode
-from wrapper.models import OCI_INDEX, OCI_MANIFEST, SOCI_INDEX_V1, SOCI_LAYER_DIGEST_ANNOTATION, SOCI_ZTOC
+from wrapper.core.errors import ExitCode
+from wrapper.core.models import (
+    OCI_INDEX,
+    OCI_MANIFEST,
+    SOCI_INDEX_V1,
+    SOCI_LAYER_DIGEST_ANNOTATION,
+    SOCI_ZTOC,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER_TIMEOUT = 270.0
@@ -220,7 +226,7 @@ def test_seed_flags_against_ecr_end_to_end(tmp_path: Path, soci_bin: str) -> Non
 
 def _soci_subcommands(started: list[dict[str, Any]], soci_bin: str) -> list[str]:
     """``create``, ``push``... from soci argvs: ``soci --address A --namespace N --root R --content-store
-    containerd [--debug] SUBCOMMAND ...`` (see wrapper.soci.Soci.argv)."""
+    containerd [--debug] SUBCOMMAND ...`` (see wrapper.soci.runner.Soci.argv)."""
     names = {Path(soci_bin).name, Path(soci_bin).resolve().name}
     out = []
     for proc in started:

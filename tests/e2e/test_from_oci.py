@@ -17,11 +17,11 @@ from tests.fixtures.registry import RegistryServer
 from tests.helpers import MIB, push, run_cli, seed_for
 from tests.imagefactory import AMD64, ARM64, Blob, Image, ImageIndex, LayerSpec, build_image, build_index
 from tests.proxy import HttpProxy
-from wrapper.errors import NotFoundError
-from wrapper.models import SOCI_INDEX_V1, SOCI_INDEX_V2, Descriptor
+from wrapper.core.errors import NotFoundError
+from wrapper.core.models import SOCI_INDEX_V1, SOCI_INDEX_V2, Descriptor
+from wrapper.core.reference import Reference
 from wrapper.registry.auth import CredentialStore
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
 
 REF_NAME = "org.opencontainers.image.ref.name"
 

@@ -28,7 +28,7 @@ from tests.imagefactory import (
 from tests.proxy import HttpProxy
 from wrapper.containerd.client import ContainerdClient
 from wrapper.containerd.images import Image as ImageRecord
-from wrapper.models import (
+from wrapper.core.models import (
     OCI_INDEX,
     OCI_MANIFEST,
     SOCI_INDEX_DIGEST_ANNOTATION,
@@ -37,11 +37,12 @@ from wrapper.models import (
     SOCI_LAYER_DIGEST_ANNOTATION,
     Descriptor,
 )
-from wrapper.pull import PullOptions, pull
-from wrapper.push import ImagePusher
+from wrapper.core.options import PullOptions
+from wrapper.core.reference import Reference
+from wrapper.image.pull import pull
+from wrapper.image.push import ImagePusher
 from wrapper.registry.auth import CredentialStore
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
 
 NO_SOCI = "/nonexistent/soci"
 

@@ -18,9 +18,9 @@ from tests.fixtures.registry import RegistryServer
 from tests.helpers import MIB, ROOT, push
 from tests.imagefactory import Image, LayerSpec, build_image
 from tests.proxy import HttpProxy, RecordedRequest
+from wrapper.core.reference import Reference
 from wrapper.registry.auth import CredentialStore
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
 
 LAYER_SIZE = 8 * MIB
 # Each layer download is held to this rate by a proxy, so a layer takes about 8 s: the pull is certainly still
@@ -65,7 +65,7 @@ def test_signal_during_pull_cleans_up(
                     [
                         sys.executable,
                         "-m",
-                        "wrapper.cli",
+                        "wrapper.cli.main",
                         "pull",
                         str(via),
                         "--work-dir",

@@ -13,11 +13,11 @@ from tests.e2e.test_index import our_containerd_processes
 from tests.fixtures.registry import RegistryServer
 from tests.helpers import MIB, push, run_cli, seed_for
 from tests.imagefactory import LayerSpec, build_image
-from wrapper.errors import ExitCode
-from wrapper.models import SOCI_INDEX_V1
+from wrapper.core.errors import ExitCode
+from wrapper.core.models import SOCI_INDEX_V1
+from wrapper.core.reference import Reference
 from wrapper.registry.auth import CredentialStore
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
 
 pytestmark = pytest.mark.soci
 

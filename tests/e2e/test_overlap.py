@@ -1,4 +1,4 @@
-"""Layers indexed while the pull goes on (wrapper.prebuild), with the real soci and a real registry and containerd.
+"""Layers indexed while the pull goes on (wrapper.soci.prebuild), with the real soci and a real registry and containerd.
 
 * the index is the one a sequential run (``--no-overlap``) makes, for V1 and V2, one platform and two;
 * early builds that fail are left to the run's own soci call: the run still succeeds;
@@ -27,13 +27,14 @@ from tests.helpers import MIB, ROOT, push, seed_for
 from tests.imagefactory import AMD64, ARM64, Image, LayerSpec, build_image, index_of
 from tests.proxy import HttpProxy
 from wrapper.containerd.client import ContainerdClient
-from wrapper.models import Platform
-from wrapper.prebuild import IMAGE_PREFIX
-from wrapper.progress import QuietReporter
-from wrapper.pull import PullOptions, pull
+from wrapper.core.models import Platform
+from wrapper.core.options import PullOptions
+from wrapper.core.progress import QuietReporter
+from wrapper.core.reference import Reference
+from wrapper.image.pull import pull
 from wrapper.registry.auth import CredentialStore
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
+from wrapper.soci.prebuild import IMAGE_PREFIX
 
 THRESHOLD = "1MiB"
 # The images here are small: over loopback, how fast their pull seems is noise, and --overlap auto could go
@@ -183,7 +184,7 @@ def test_sigterm_while_an_early_build_runs_stops_it(
     shim = soci_shim(tmp_path, soci_bin, "hang")
     work = tmp_path / "work"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOCI_WRAPPER_")}
-    argv = [sys.executable, "-m", "wrapper.cli", "index", str(ref), "--soci-bin", shim]
+    argv = [sys.executable, "-m", "wrapper.cli.main", "index", str(ref), "--soci-bin", shim]
     argv += ["--min-layer-size", THRESHOLD, "--work-dir", str(work), *ALWAYS]
     err_path = tmp_path / "stderr"
     with err_path.open("w") as err:

@@ -37,7 +37,7 @@ from tests.imagefactory import (
     index_of,
 )
 from tests.proxy import HttpProxy, RecordedRequest
-from wrapper.models import (
+from wrapper.core.models import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     OCI_CONFIG,
@@ -50,9 +50,9 @@ from wrapper.models import (
     Descriptor,
     Platform,
 )
+from wrapper.core.reference import Reference
 from wrapper.registry.auth import CredentialStore
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
 
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
 SMALL = 100 * 1024

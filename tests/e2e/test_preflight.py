@@ -12,9 +12,10 @@ import pytest
 from tests.fixtures.registry import RegistryServer, free_port
 from tests.helpers import run_cli
 from tests.proxy import HttpProxy
-from wrapper.errors import ContainerdError, ExitCode, MissingDependencyError
-from wrapper.pipeline import DaemonOptions, check_containerd
-from wrapper.soci import SOCI_RELEASE, check_soci
+from wrapper.core.errors import ContainerdError, ExitCode, MissingDependencyError
+from wrapper.core.options import DaemonOptions
+from wrapper.run.session import check_containerd
+from wrapper.soci.runner import SOCI_RELEASE, check_soci
 
 
 def script(directory: Path, name: str, body: str) -> str:

@@ -38,11 +38,11 @@ from tests.proxy import HttpProxy
 from wrapper.containerd.channel import DaemonExitedError, daemon_exit_error
 from wrapper.containerd.client import ContainerdClient
 from wrapper.containerd.daemon import ManagedContainerd
-from wrapper.errors import ExitCode
-from wrapper.models import SOCI_INDEX_V1, SOCI_LAYER_DIGEST_ANNOTATION
+from wrapper.core.errors import ExitCode
+from wrapper.core.models import SOCI_INDEX_V1, SOCI_LAYER_DIGEST_ANNOTATION
+from wrapper.core.reference import Reference
 from wrapper.registry.auth import CredentialStore
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
 
 pytestmark = pytest.mark.soci
 
@@ -95,7 +95,7 @@ def cli_process(tmp_path: Path, *args: str, name: str = "cli") -> Iterator[subpr
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOCI_WRAPPER_")}
     with (tmp_path / f"{name}.out").open("w") as out, (tmp_path / f"{name}.err").open("w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "wrapper.cli", *args],
+            [sys.executable, "-m", "wrapper.cli.main", *args],
             stdin=subprocess.DEVNULL, stdout=out, stderr=err, text=True, cwd=ROOT, env=env,
         )  # fmt: skip
     try:
@@ -431,7 +431,7 @@ def test_full_disk_in_the_work_dir(
     disk.mkdir()
     results = tmp_path / "results"
     results.mkdir()
-    cli = [sys.executable, "-m", "wrapper.cli", "index", str(ref), "--soci-bin", soci_bin]
+    cli = [sys.executable, "-m", "wrapper.cli.main", "index", str(ref), "--soci-bin", soci_bin]
     cli += ["--min-layer-size", "1MiB", "--work-dir", str(disk)]
     q = shlex.quote
     script = "\n".join(

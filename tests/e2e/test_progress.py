@@ -31,10 +31,10 @@ import pytest
 from tests.fixtures.registry import RegistryServer
 from tests.helpers import MIB, ROOT, push, run_cli, seed_for
 from tests.imagefactory import AMD64, ARM64, Image, LayerSpec, build_image, index_of
-from wrapper.models import SOCI_INDEX_V1, SOCI_LAYER_DIGEST_ANNOTATION
+from wrapper.core.models import SOCI_INDEX_V1, SOCI_LAYER_DIGEST_ANNOTATION
+from wrapper.core.reference import Reference
 from wrapper.registry.auth import CredentialStore
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
 
 COLUMNS, ROWS = 120, 60
 SMALL = 100 * 1024
@@ -246,7 +246,7 @@ def run_in_terminal(
     try:
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "wrapper.cli", *args],
+                [sys.executable, "-m", "wrapper.cli.main", *args],
                 stdin=out_slave,
                 stdout=out_slave,
                 stderr=err_slave if err_slave is not None else out_slave,

@@ -15,10 +15,10 @@ from tests.fixtures.registry import RegistryServer
 from tests.helpers import MIB, push, run_cli, seed_for
 from tests.imagefactory import LayerSpec, build_image
 from tests.proxy import HttpProxy, RecordedRequest
-from wrapper.models import SOCI_INDEX_DIGEST_ANNOTATION, SOCI_INDEX_V1, SOCI_INDEX_V2
+from wrapper.core.models import SOCI_INDEX_DIGEST_ANNOTATION, SOCI_INDEX_V1, SOCI_INDEX_V2
+from wrapper.core.reference import Reference
 from wrapper.registry.auth import CredentialStore
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
 
 pytestmark = pytest.mark.soci
 

@@ -31,12 +31,13 @@ from tests.imagefactory import Image, ImageIndex, LayerSpec, build_image, index_
 from tests.proxy import HttpProxy, RecordedRequest
 from wrapper.containerd.client import ContainerdClient
 from wrapper.containerd.daemon import ManagedContainerd
-from wrapper.errors import AuthError, ContainerdError, ExitCode, RegistryError
-from wrapper.pull import PullOptions, PullResult, pull
-from wrapper.push import ImagePusher
+from wrapper.core.errors import AuthError, ContainerdError, ExitCode, RegistryError
+from wrapper.core.options import PullOptions
+from wrapper.core.reference import Reference
+from wrapper.image.pull import PullResult, pull
+from wrapper.image.push import ImagePusher
 from wrapper.registry.auth import CredentialStore
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
 
 MANIFESTS = "/manifests/"
 BLOBS = "/blobs/sha256:"

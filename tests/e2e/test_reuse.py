@@ -15,9 +15,9 @@ import pytest
 from tests.fixtures.registry import RegistryServer
 from tests.helpers import MIB, push, run_cli, seed_for
 from tests.imagefactory import AMD64, ARM64, Image, LayerSpec, build_image, index_of, push_image
+from wrapper.core.reference import Reference
 from wrapper.registry.auth import CredentialStore
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
 
 pytestmark = pytest.mark.soci
 

@@ -18,11 +18,11 @@ from tests.e2e.test_index import our_containerd_processes
 from tests.fixtures.registry import RegistryServer
 from tests.helpers import MIB, ROOT, faulty_soci, push, run_cli, seed_for
 from tests.imagefactory import LayerSpec, build_image
-from wrapper.errors import ExitCode
-from wrapper.models import SOCI_INDEX_V1
+from wrapper.core.errors import ExitCode
+from wrapper.core.models import SOCI_INDEX_V1
+from wrapper.core.reference import Reference
 from wrapper.registry.auth import CredentialStore
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
 
 pytestmark = pytest.mark.soci
 
@@ -99,7 +99,7 @@ def test_signal_while_soci_works(
     work = tmp_path / "work"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOCI_WRAPPER_")}
     argv = [
-        sys.executable, "-m", "wrapper.cli", "index", str(ref), "--soci-bin", shim, "--min-layer-size", "1MiB",
+        sys.executable, "-m", "wrapper.cli.main", "index", str(ref), "--soci-bin", shim, "--min-layer-size", "1MiB",
         "--work-dir", str(work),
     ]  # fmt: skip
     proc = subprocess.Popen(

@@ -36,7 +36,7 @@ from tests.imagefactory import (
     push_image,
 )
 from wrapper.containerd.daemon import ManagedContainerd
-from wrapper.models import (
+from wrapper.core.models import (
     OCI_INDEX,
     OCI_MANIFEST,
     SOCI_INDEX_DIGEST_ANNOTATION,
@@ -46,9 +46,9 @@ from wrapper.models import (
     SOCI_SPAN_SIZE_ANNOTATION,
     Descriptor,
 )
+from wrapper.core.reference import Reference
 from wrapper.registry.auth import CredentialStore
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
 from wrapper.verify.content_checks import ZtocFile, choose_sample
 from wrapper.verify.ztocfmt import ZtocFormatError, read_ztoc
 
@@ -473,7 +473,7 @@ def _processes_under(path: Path) -> list[str]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if str(path) in cmdline and "wrapper.cli" not in cmdline:
+        if str(path) in cmdline and "wrapper.cli.main" not in cmdline:
             found.append(f"{entry.name}: {cmdline}")
     return found
 
@@ -491,7 +491,7 @@ def test_sigterm_while_layers_are_mounted_stops_and_unmounts_everything(
     tmp_path: Path,
 ) -> None:
     work = tmp_path / "work"
-    argv = [sys.executable, "-m", "wrapper.cli", "verify", str(world.multi_v2), "--all-platforms", "--json",
+    argv = [sys.executable, "-m", "wrapper.cli.main", "verify", str(world.multi_v2), "--all-platforms", "--json",
             "--soci-bin", world.soci, "--snapshotter-bin", snapshotter, "--work-dir", str(work)]  # fmt: skip
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60

@@ -21,12 +21,14 @@ from tests.imagefactory import (
 )
 from tests.proxy import HttpProxy, RecordedRequest
 from wrapper.containerd.client import ContainerdClient
-from wrapper.errors import AuthError, ExitCode, NotFoundError, RegistryError
-from wrapper.models import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, Platform
-from wrapper.pull import BLOB_ATTEMPTS, GC_REF, SOURCE_LABEL, PullOptions, pull
+from wrapper.containerd.images import GC_REF
+from wrapper.core.errors import AuthError, ExitCode, NotFoundError, RegistryError
+from wrapper.core.models import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, Platform
+from wrapper.core.options import PullOptions
+from wrapper.core.reference import Reference
+from wrapper.image.pull import BLOB_ATTEMPTS, SOURCE_LABEL, pull
 from wrapper.registry.auth import Credentials, CredentialStore
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
 
 THRESHOLD = 1 * MIB  # tests use a small --min-layer-size so that images stay small
 

@@ -1,6 +1,6 @@
-"""wrapper.resolve: documents no registry of ours would store (a stub serves them), each refused with a
+"""wrapper.image.resolve: documents no registry of ours would store (a stub serves them), each refused with a
 RegistryError that says what is wrong and what to do, never an internal error; and the names that moved out
-of wrapper.pull are still importable from there."""
+of wrapper.image.pull are still importable from there."""
 
 from __future__ import annotations
 
@@ -12,16 +12,14 @@ from typing import Any
 
 import pytest
 
-import wrapper.pull
-import wrapper.resolve
 from tests.registry.stub import StubRequest, StubResponse, StubServer
-from wrapper.errors import ExitCode, RegistryError
-from wrapper.models import OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST, Platform
-from wrapper.pull import PullOptions
+from wrapper.core.errors import ExitCode, RegistryError
+from wrapper.core.models import OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST, Platform, ResolvedImage
+from wrapper.core.options import PullOptions
+from wrapper.core.reference import Reference
+from wrapper.image.resolve import resolve_image
 from wrapper.registry.auth import CredentialStore
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
-from wrapper.resolve import resolve_image
 
 AMD64 = {"os": "linux", "architecture": "amd64"}
 CONFIG = json.dumps({**AMD64, "rootfs": {"type": "layers", "diff_ids": []}}).encode()
@@ -63,7 +61,7 @@ class OddRegistry:
         for reference in (tag, _digest(body)):
             self.stub.route("GET", f"/v2/odd/app/manifests/{reference}", answer)
 
-    def resolve(self) -> wrapper.resolve.ResolvedImage:
+    def resolve(self) -> ResolvedImage:
         """Resolve ``odd/app:v1`` for linux/amd64."""
         options = PullOptions(platforms=(Platform("linux", "amd64"),))
         with RegistryClient(CredentialStore(use_ecr=False), max_attempts=1) as client:
@@ -157,9 +155,3 @@ def test_a_well_formed_single_platform_image_resolves(odd: OddRegistry) -> None:
     assert [str(p.platform) for p in image.selected] == ["linux/amd64"]
     assert image.selected[0].layers[0].digest == LAYER["digest"]
     assert image.fetched == {_digest(CONFIG): CONFIG}
-
-
-def test_the_names_that_moved_are_still_importable_from_wrapper_pull() -> None:
-    for name in ("PlatformImage", "ResolvedImage", "resolve_image", "select_platforms"):
-        assert getattr(wrapper.pull, name) is getattr(wrapper.resolve, name)
-        assert name in wrapper.pull.__all__

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures.registry import ECR_HOST, MOTO_ECR_PASSWORD, free_port
-from wrapper.errors import AuthError, RegistryError
+from wrapper.core.errors import AuthError, RegistryError
 from wrapper.registry.auth import Credentials, CredentialStore
 
 

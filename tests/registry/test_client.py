@@ -21,11 +21,11 @@ from tests.imagefactory import (
     push_schema1_image,
 )
 from tests.proxy import HttpProxy
-from wrapper.errors import AuthError, NotFoundError, RegistryError
-from wrapper.models import OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, SOCI_INDEX_V1, Descriptor
+from wrapper.core.errors import AuthError, NotFoundError, RegistryError
+from wrapper.core.models import OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, SOCI_INDEX_V1, Descriptor
+from wrapper.core.reference import Reference
 from wrapper.registry.auth import Credentials, CredentialStore
 from wrapper.registry.client import BlobReadError, RegistryClient
-from wrapper.registry.reference import Reference
 
 MiB = 1 << 20
 

@@ -11,11 +11,11 @@ import time
 import pytest
 
 from tests.registry.stub import StubRequest, StubResponse, StubServer
-from wrapper.errors import AuthError, RegistryError
-from wrapper.models import OCI_MANIFEST
+from wrapper.core.errors import AuthError, RegistryError
+from wrapper.core.models import OCI_MANIFEST
+from wrapper.core.reference import Reference
 from wrapper.registry.auth import Credentials, CredentialStore
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
 
 BLOB = bytes(range(256)) * 4096  # 1 MiB
 BLOB_DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()

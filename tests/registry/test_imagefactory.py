@@ -16,7 +16,7 @@ from tests.imagefactory import (
     build_layer,
     schema1_manifest,
 )
-from wrapper.models import (
+from wrapper.core.models import (
     DOCKER_CONFIG,
     DOCKER_LAYER_GZIP,
     DOCKER_MANIFEST,

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from wrapper.errors import UsageError
-from wrapper.registry.reference import Reference
+from wrapper.core.errors import UsageError
+from wrapper.core.reference import Reference
 
 D = "sha256:" + "ab" * 32
 

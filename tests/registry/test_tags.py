@@ -16,10 +16,10 @@ import pytest
 from tests.fixtures.registry import RegistryServer, start_registry, start_zot
 from tests.imagefactory import LayerSpec, build_image, push_image
 from tests.proxy import HttpProxy
-from wrapper.errors import NotFoundError
+from wrapper.core.errors import NotFoundError
+from wrapper.core.reference import Reference
 from wrapper.registry.auth import CredentialStore
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
 from wrapper.registry.tags import next_link
 
 REPO = "tags/app"

@@ -9,8 +9,8 @@ import logging
 import pytest
 
 from tests.helpers import run_cli
-from wrapper.cli import _normalise_argv, _Plain, _resolve_index_reference, build_parser, parse_size
-from wrapper.errors import ExitCode, UsageError
+from wrapper.cli.main import _normalise_argv, _Plain, _resolve_index_reference, build_parser, parse_size
+from wrapper.core.errors import ExitCode, UsageError
 
 DIGEST = "sha256:" + "ab" * 32
 

@@ -16,7 +16,7 @@ def doctor(*args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str
     full_env = {k: v for k, v in os.environ.items() if k != "SOCI_BIN"}
     full_env.update(env or {})
     proc = subprocess.run(
-        [sys.executable, "-m", "wrapper.cli", "doctor", "--json", *args],
+        [sys.executable, "-m", "wrapper.cli.main", "doctor", "--json", *args],
         capture_output=True, text=True, env=full_env, cwd=ROOT, timeout=60,
     )  # fmt: skip
     return proc.returncode, json.loads(proc.stdout)

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from wrapper.errors import UsageError
-from wrapper.models import Descriptor, Platform, validate_digest
+from wrapper.core.errors import UsageError
+from wrapper.core.models import Descriptor, Platform, validate_digest
 
 GOOD = "sha256:" + "a" * 64
 

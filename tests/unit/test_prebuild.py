@@ -1,4 +1,4 @@
-"""--overlap auto's decisions (wrapper.prebuild, and the order of the pull): pure logic, no containerd or soci
+"""--overlap auto's decisions (wrapper.soci.prebuild, and the order of the pull): pure logic, no containerd or soci
 needed."""
 
 from __future__ import annotations
@@ -9,12 +9,11 @@ from typing import cast
 import pytest
 
 from wrapper.containerd.client import ContainerdClient
-from wrapper.models import Descriptor, Platform
-from wrapper.prebuild import FAST_PULL_PER_CPU, Prebuilder, PullRate, fast_pull_rate
-from wrapper.pull import _LargestFirst
-from wrapper.registry.reference import Reference
-from wrapper.resolve import PlatformImage, ResolvedImage
-from wrapper.soci import Soci
+from wrapper.core.models import Descriptor, Platform, PlatformImage, ResolvedImage
+from wrapper.core.reference import Reference
+from wrapper.image.pull import _LargestFirst
+from wrapper.soci.prebuild import FAST_PULL_PER_CPU, Prebuilder, PullRate, fast_pull_rate
+from wrapper.soci.runner import Soci
 
 MIB = 1024 * 1024
 GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"

@@ -15,7 +15,8 @@ import time
 from rich.console import Console
 
 from tests.e2e.test_progress import PULL_BAR, Screen, latest_stage, replay, spinner_row, stages_showing
-from wrapper.progress import PlainReporter, QuietReporter, RichReporter
+from wrapper.cli.display import PlainReporter, RichReporter
+from wrapper.core.progress import QuietReporter
 
 MIB = 1 << 20
 LAYER = "sha256:" + "ab" * 32

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from wrapper.errors import ExitCode, NothingToIndexError, SociError
-from wrapper.models import Platform
-from wrapper.soci import PushAuth, Soci, _push_environment, classify_failure
+from wrapper.core.errors import ExitCode, NothingToIndexError, SociError
+from wrapper.core.models import Platform
+from wrapper.soci.runner import PushAuth, Soci, _push_environment, classify_failure
 
 
 def make(tmp_path: Path, binary: str = "/nonexistent/soci") -> Soci:
@@ -207,11 +207,11 @@ def test_push_never_puts_the_password_in_argv(tmp_path: Path, monkeypatch: pytes
 
 def test_identity_tokens_are_refused_for_soci_push() -> None:
     """soci push only knows user and password: a docker identity token would be sent as a user name."""
-    from wrapper.errors import AuthError
-    from wrapper.pipeline import _push_auth
+    from wrapper.core.errors import AuthError
+    from wrapper.core.reference import Reference
     from wrapper.registry.auth import Credentials, CredentialStore
     from wrapper.registry.client import RegistryClient
-    from wrapper.registry.reference import Reference
+    from wrapper.run.pipeline import _push_auth
 
     ref = Reference.parse("registry.example.com/app:1")
     store = CredentialStore(explicit={"registry.example.com": Credentials("<token>", "refresh-token")})
@@ -225,7 +225,7 @@ def test_identity_tokens_are_refused_for_soci_push() -> None:
 
 def test_a_push_racing_another_push_of_the_same_index_is_tried_again() -> None:
     """Two runs pushing one image: the registry may not have the other push's blob yet; soci push again."""
-    from wrapper.soci import is_transient_failure
+    from wrapper.soci.runner import is_transient_failure
 
     race = (
         'soci: error pushing graph to remote: failed to perform "Push" on destination: PUT "http://r/v2/a/manifests/'
@@ -241,7 +241,7 @@ def test_a_push_racing_another_push_of_the_same_index_is_tried_again() -> None:
 
 
 def test_a_signal_while_soci_starts_is_delivered_right_after() -> None:
-    from wrapper.soci import SignalGate
+    from wrapper.soci.runner import SignalGate
 
     gate = SignalGate()
     held = gate.hold()

@@ -17,8 +17,8 @@ from typing import Any
 
 import grpc
 
-from wrapper.errors import ContainerdError, NotFoundError, WrapperError
-from wrapper.util import one_line
+from wrapper.core.errors import ContainerdError, NotFoundError, WrapperError
+from wrapper.core.util import one_line
 
 NAMESPACE_HEADER = "containerd-namespace"
 LEASE_HEADER = "containerd-lease"

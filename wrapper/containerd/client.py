@@ -13,7 +13,7 @@ from wrapper.containerd.images import ImagesService
 from wrapper.containerd.leases import LeasesService
 from wrapper.containerd.namespaces import NamespacesService
 from wrapper.containerd.version import VersionService
-from wrapper.errors import WrapperError
+from wrapper.core.errors import WrapperError
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from google.protobuf import field_mask_pb2
 
 from wrapper.containerd._proto import content_pb2, content_pb2_grpc
 from wrapper.containerd.channel import Connection, status_code, status_details
-from wrapper.errors import ContainerdError, NotFoundError
-from wrapper.util import rechunk
+from wrapper.core.errors import ContainerdError, NotFoundError
+from wrapper.core.util import rechunk
 
 log = logging.getLogger(__name__)
 

@@ -43,8 +43,8 @@ from wrapper.containerd.channel import (
     status_details,
     unregister_exit_check,
 )
-from wrapper.errors import ContainerdError, MissingDependencyError
-from wrapper.util import one_line
+from wrapper.core.errors import ContainerdError, MissingDependencyError
+from wrapper.core.util import one_line
 
 log = logging.getLogger(__name__)
 

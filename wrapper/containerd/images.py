@@ -11,7 +11,7 @@ from google.protobuf import field_mask_pb2
 
 from wrapper.containerd._proto import descriptor_pb2, images_pb2, images_pb2_grpc
 from wrapper.containerd.channel import Connection, status_code
-from wrapper.models import Descriptor
+from wrapper.core.models import Descriptor
 
 GC_REF = "containerd.io/gc.ref.content"
 

@@ -20,9 +20,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from wrapper.errors import AuthError, RegistryError
-from wrapper.registry.reference import DOCKER_HUB, ECR_PUBLIC, ecr_host_info, normalize_host
-from wrapper.util import one_line
+from wrapper.core.errors import AuthError, RegistryError
+from wrapper.core.reference import DOCKER_HUB, ECR_PUBLIC, ecr_host_info, normalize_host
+from wrapper.core.util import one_line
 
 log = logging.getLogger("wrapper.registry")
 

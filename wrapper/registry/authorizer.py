@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
-from wrapper.errors import AuthError, WrapperError
+from wrapper.core.errors import AuthError, WrapperError
 from wrapper.registry.auth import Credentials, CredentialStore
 from wrapper.registry.errcode import Transient, detail_suffix, rejected_hint
 from wrapper.registry.httpio import add_query, retry_after

@@ -12,13 +12,13 @@ from types import TracebackType
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
-from wrapper.errors import RegistryError
-from wrapper.models import validate_digest
+from wrapper.core.errors import RegistryError
+from wrapper.core.models import validate_digest
+from wrapper.core.reference import Reference
+from wrapper.core.util import one_line
 from wrapper.registry.errcode import BlobReadError, Transient, connection_problem
 from wrapper.registry.httpio import READ_CHUNK, discard
-from wrapper.registry.reference import Reference
 from wrapper.registry.transport import MAX_MANIFEST_BYTES, Transport
-from wrapper.util import one_line
 
 log = logging.getLogger("wrapper.registry")
 

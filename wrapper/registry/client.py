@@ -16,14 +16,14 @@ from collections.abc import Mapping
 from types import TracebackType
 
 from wrapper import __version__
-from wrapper.models import Descriptor
+from wrapper.core.models import Descriptor
+from wrapper.core.reference import Reference
 from wrapper.registry import blobs, manifests, referrers, tags, uploads
 from wrapper.registry.auth import CredentialStore
 from wrapper.registry.blobs import BlobStream
 from wrapper.registry.errcode import BlobReadError, SourceMismatchError
 from wrapper.registry.httpio import READ_CHUNK
 from wrapper.registry.manifests import Manifest
-from wrapper.registry.reference import Reference
 from wrapper.registry.transport import MAX_MANIFEST_BYTES, REFUSED_BUDGET_SECONDS, Transport
 from wrapper.registry.uploads import BlobSource
 

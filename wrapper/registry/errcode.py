@@ -12,9 +12,9 @@ import json
 import re
 import socket
 
-from wrapper.errors import AuthError, NotFoundError, RegistryError, WrapperError
+from wrapper.core.errors import AuthError, NotFoundError, RegistryError, WrapperError
+from wrapper.core.util import one_line
 from wrapper.registry.auth import SOURCE_ECR, SOURCE_ECR_PUBLIC, SOURCE_EXPLICIT, Credentials
-from wrapper.util import one_line
 
 # How much of an error answer is read to explain it.
 MAX_ERROR_BODY = 64 << 10

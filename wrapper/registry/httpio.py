@@ -11,8 +11,8 @@ from urllib.parse import quote, urlencode
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
+from wrapper.core.util import one_line
 from wrapper.registry.errcode import MAX_ERROR_BODY, Transient
-from wrapper.util import one_line
 
 READ_CHUNK = 1 << 20
 

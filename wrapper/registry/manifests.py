@@ -7,8 +7,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from wrapper.errors import RegistryError
-from wrapper.models import (
+from wrapper.core.errors import RegistryError
+from wrapper.core.models import (
     MANIFEST_ACCEPT,
     OCI_INDEX,
     OCI_MANIFEST,
@@ -16,8 +16,8 @@ from wrapper.models import (
     Descriptor,
     validate_digest,
 )
+from wrapper.core.reference import Reference
 from wrapper.registry.httpio import discard, media_type
-from wrapper.registry.reference import Reference
 from wrapper.registry.transport import MAX_MANIFEST_BYTES, Transport
 
 # Content types that do not say which kind of manifest a body is: the body does.

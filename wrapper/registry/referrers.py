@@ -8,10 +8,10 @@ import logging
 from typing import Any
 from urllib.parse import urlencode
 
-from wrapper.errors import NotFoundError, RegistryError
-from wrapper.models import OCI_INDEX, Descriptor, validate_digest
+from wrapper.core.errors import NotFoundError, RegistryError
+from wrapper.core.models import OCI_INDEX, Descriptor, validate_digest
+from wrapper.core.reference import Reference
 from wrapper.registry.manifests import get_manifest
-from wrapper.registry.reference import Reference
 from wrapper.registry.transport import MAX_MANIFEST_BYTES, Transport
 
 log = logging.getLogger("wrapper.registry")

@@ -12,9 +12,9 @@ import logging
 import re
 from urllib.parse import urljoin
 
-from wrapper.errors import RegistryError
+from wrapper.core.errors import RegistryError
+from wrapper.core.reference import Reference
 from wrapper.registry.httpio import add_query, redact_url
-from wrapper.registry.reference import Reference
 from wrapper.registry.transport import MAX_MANIFEST_BYTES, Transport
 
 log = logging.getLogger("wrapper.registry")

@@ -32,7 +32,9 @@ from tenacity.wait import wait_random_exponential
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from urllib3.exceptions import SSLError as Urllib3SSLError
 
-from wrapper.errors import RegistryError, WrapperError
+from wrapper.core.errors import RegistryError, WrapperError
+from wrapper.core.reference import DOCKER_HUB, Reference
+from wrapper.core.util import one_line
 from wrapper.registry.auth import CredentialStore
 from wrapper.registry.authorizer import MAX_TOKEN_BODY, Authorizer, parse_challenge
 from wrapper.registry.errcode import (
@@ -44,8 +46,6 @@ from wrapper.registry.errcode import (
     status_error,
 )
 from wrapper.registry.httpio import discard, read_limited, redact_url, retry_after, split_host
-from wrapper.registry.reference import DOCKER_HUB, Reference
-from wrapper.util import one_line
 
 log = logging.getLogger("wrapper.registry")
 

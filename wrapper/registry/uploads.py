@@ -14,14 +14,14 @@ from urllib.parse import urljoin
 
 import urllib3
 
-from wrapper.errors import RegistryError
-from wrapper.models import Descriptor, validate_digest
+from wrapper.core.errors import RegistryError
+from wrapper.core.models import Descriptor, validate_digest
+from wrapper.core.reference import Reference
+from wrapper.core.util import rechunk
 from wrapper.registry.blobs import blob_exists
 from wrapper.registry.errcode import SourceMismatchError, Transient
 from wrapper.registry.httpio import add_query, discard
-from wrapper.registry.reference import Reference
 from wrapper.registry.transport import Transport
-from wrapper.util import rechunk
 
 log = logging.getLogger("wrapper.registry")
 

@@ -41,11 +41,11 @@ import grpc
 from wrapper.containerd._proto import snapshots_pb2, snapshots_pb2_grpc
 from wrapper.containerd.channel import Connection, status_code, status_details
 from wrapper.containerd.daemon import ManagedContainerd, render_config
-from wrapper.errors import ContainerdError, MissingDependencyError
-from wrapper.pins import SOCI_VERSION
-from wrapper.progress import Reporter, short_digest
+from wrapper.core.errors import ContainerdError, MissingDependencyError
+from wrapper.core.pins import SOCI_VERSION
+from wrapper.core.progress import Reporter, short_digest
+from wrapper.core.util import one_line
 from wrapper.registry.client import RegistryClient
-from wrapper.util import one_line
 from wrapper.verify.content_checks import FileDigest, LayerSample
 from wrapper.verify.registry_checks import Image, Target, read_small
 from wrapper.verify.report import LayerResult

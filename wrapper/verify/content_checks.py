@@ -3,8 +3,8 @@
 For each zTOC that passed the registry checks:
 
 * the zTOC goes into soci's content store with a carrier SOCI index v1 whose subject is the platform's
-  manifest (wrapper.reuse.stage_for_soci), and ``soci rebuild-db`` records it: that is how soci learns which
-  layer a zTOC serves; the layer itself is pulled into containerd's content store (wrapper.pull, nothing else
+  manifest (wrapper.soci.reuse.stage_for_soci), and ``soci rebuild-db`` records it: that is how soci learns which
+  layer a zTOC serves; the layer itself is pulled into containerd's content store (wrapper.image.pull, nothing else
   of the image but its manifest and config);
 * ``soci ztoc info``: soci's own decoding, whose span size must match the annotation and whose file list is
   compared with the layer's tar stream, entry by entry (name, data offset, size);
@@ -28,15 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from wrapper.containerd.client import ContainerdClient
-from wrapper.errors import WrapperError
-from wrapper.models import Descriptor
-from wrapper.progress import Reporter, human_size, short_digest
-from wrapper.pull import Puller, PullOptions
+from wrapper.core.errors import WrapperError
+from wrapper.core.models import Descriptor, PlatformImage, ResolvedImage
+from wrapper.core.options import PullOptions
+from wrapper.core.progress import Reporter, human_size, short_digest
+from wrapper.core.util import one_line
+from wrapper.image.pull import Puller
 from wrapper.registry.client import RegistryClient
-from wrapper.resolve import PlatformImage, ResolvedImage
-from wrapper.reuse import Reusable, Ztoc, stage_for_soci
-from wrapper.soci import Soci
-from wrapper.util import one_line
+from wrapper.soci.reuse import Reusable, Ztoc, stage_for_soci
+from wrapper.soci.runner import Soci
 from wrapper.verify.registry_checks import Image, layer_chunks
 from wrapper.verify.report import DEFAULT_FILES_PER_LAYER, LayerResult
 from wrapper.verify.ztocfmt import ZtocFacts

@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wrapper.errors import NotFoundError, RegistryError, UsageError, WrapperError
-from wrapper.existing import soci_artifact
-from wrapper.models import (
+from wrapper.core.errors import NotFoundError, RegistryError, UsageError, WrapperError
+from wrapper.core.models import (
     INDEX_TYPES,
     OCI_MANIFEST,
     SOCI_INDEX_DIGEST_ANNOTATION,
@@ -36,13 +35,14 @@ from wrapper.models import (
     Descriptor,
     Platform,
 )
-from wrapper.progress import human_size, short_digest
-from wrapper.pull import PullOptions
+from wrapper.core.options import PullOptions
+from wrapper.core.progress import human_size, short_digest
+from wrapper.core.reference import Reference
+from wrapper.core.util import one_line
+from wrapper.image.resolve import select_platforms
 from wrapper.registry.client import MAX_MANIFEST_BYTES, BlobReadError, RegistryClient
-from wrapper.registry.reference import Reference
-from wrapper.resolve import select_platforms
-from wrapper.reuse import MAX_ZTOC_BYTES
-from wrapper.util import one_line
+from wrapper.soci.existing import soci_artifact
+from wrapper.soci.reuse import MAX_ZTOC_BYTES
 from wrapper.verify.report import LayerResult, PlatformResult
 from wrapper.verify.ztocfmt import ZtocFacts, ZtocFormatError, read_ztoc
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from wrapper.errors import ExitCode, NoSociIndexError, SociIndexInvalidError, WrapperError
-from wrapper.progress import short_digest
+from wrapper.core.errors import ExitCode, NoSociIndexError, SociIndexInvalidError, WrapperError
+from wrapper.core.progress import short_digest
 
 Level = Literal["registry", "content", "consumer"]
 LEVELS: tuple[Level, ...] = ("registry", "content", "consumer")

@@ -19,15 +19,15 @@ from typing import Literal
 
 from wrapper.containerd.client import ContainerdClient
 from wrapper.containerd.daemon import AttachedContainerd, ManagedContainerd
-from wrapper.errors import ContainerdError, MissingDependencyError
-from wrapper.models import Platform
-from wrapper.options import DaemonOptions, RegistryOptions
-from wrapper.pipeline import check_containerd, open_registry, run_directory
-from wrapper.progress import QuietReporter, Reporter
+from wrapper.core.errors import ContainerdError, MissingDependencyError
+from wrapper.core.models import Platform
+from wrapper.core.options import DaemonOptions, RegistryOptions
+from wrapper.core.progress import QuietReporter, Reporter
+from wrapper.core.reference import Reference
+from wrapper.core.report import Stages
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
-from wrapper.report import Stages
-from wrapper.soci import Soci, check_soci
+from wrapper.run.session import check_containerd, open_registry, run_directory
+from wrapper.soci.runner import Soci, check_soci
 from wrapper.verify.consumer import (
     ProxyContainerd,
     RegistryAccess,

@@ -12,7 +12,7 @@ How, with the real soci and its own mechanisms only:
 2. ``soci create`` runs on that record, with a soci root of its own (soci holds its artifacts database
    locked while it runs: one root per process lets the layers build in parallel), at most one per CPU;
 3. after the pull, the zTOCs built go to the run's own soci root the way reused zTOCs do
-   (``wrapper.reuse.stage_for_soci`` and ``soci rebuild-db``), and the run's ``soci create`` or ``soci
+   (``wrapper.soci.reuse.stage_for_soci`` and ``soci rebuild-db``), and the run's ``soci create`` or ``soci
    convert`` takes them as existing: it makes the image's index without reading those layers again.
 
 When the pull alone keeps the CPUs busy (a registry on a fast link, a small machine), the early builds only
@@ -43,15 +43,15 @@ from types import TracebackType
 
 from wrapper.containerd.client import ContainerdClient
 from wrapper.containerd.images import Image, gc_labels
-from wrapper.errors import WrapperError
-from wrapper.models import Descriptor
-from wrapper.resolve import PlatformImage, ResolvedImage
-from wrapper.reuse import DEFAULT_SPAN_SIZE, Reusable, Ztoc
-from wrapper.soci import Soci, SociEvent, unindexable_reason
+from wrapper.core.errors import WrapperError
+from wrapper.core.models import Descriptor, PlatformImage, ResolvedImage
+from wrapper.core.report import SociEvent
+from wrapper.soci.reuse import DEFAULT_SPAN_SIZE, Reusable, Ztoc
+from wrapper.soci.runner import Soci, unindexable_reason
 
-log = logging.getLogger("wrapper.prebuild")
+log = logging.getLogger("wrapper.soci.prebuild")
 
-IMAGE_PREFIX = "soci-wrapper.prebuild/"
+IMAGE_PREFIX = "soci-wrapper.soci.prebuild/"
 MAX_PARALLEL = 8  # soci create itself builds every layer of an image at once
 # One layer's zTOC is sequential work (copy the layer, then inflate it once). One Go processor per soci keeps
 # several of them on a small machine from spinning for work: measured on 2 cores, the default cost 1.3 CPU-s
@@ -126,7 +126,7 @@ class Prebuilder:
                     self._jobs[layer.digest] = _Job(layer, sel)
         self._stored: set[str] = set()
         self._max_rate = max_pull_rate
-        self._rate = PullRate()  # made just before the pull starts (see wrapper.pipeline)
+        self._rate = PullRate()  # made just before the pull starts (see wrapper.run.pipeline)
         self._declined: set[str] = set()
         self._started: dict[str, Future[Reusable | None]] = {}
         self._socis: list[Soci] = []

@@ -1,4 +1,4 @@
-"""The command line of ``verify`` (its arguments, its table) and ``index --verify``; wrapper.cli wires them in."""
+"""The command line of ``verify`` (its arguments, its table) and ``index --verify``; wrapper.cli.main wires them in."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from rich.console import Console
 from rich.table import Table
 
-from wrapper.errors import UsageError
-from wrapper.models import Platform, validate_digest
-from wrapper.progress import Reporter, human_size, short_digest
-from wrapper.registry.reference import Reference
+from wrapper.core.errors import UsageError
+from wrapper.core.models import Platform, validate_digest
+from wrapper.core.progress import Reporter, human_size, short_digest
+from wrapper.core.reference import Reference
 from wrapper.verify.report import DEFAULT_FILES_PER_LAYER, LEVELS, LayerResult, PlatformResult, VerifyReport
 
 if TYPE_CHECKING:  # the run's modules are imported when a command runs, not for --help
-    from wrapper.options import DaemonOptions, IndexRequest, RegistryOptions
-    from wrapper.report import IndexReport
+    from wrapper.core.options import DaemonOptions, IndexRequest, RegistryOptions
+    from wrapper.core.report import IndexReport
     from wrapper.verify.run import VerifyRequest
 
 DESCRIPTION = """\

@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import platform as _platform
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from wrapper.errors import RegistryError, UsageError
+from wrapper.core.errors import RegistryError, UsageError
+
+if TYPE_CHECKING:  # reference.py validates digests with this module
+    from wrapper.core.reference import Reference
 
 # Media types -----------------------------------------------------------------------------------------
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -169,3 +173,41 @@ class Descriptor:
     @property
     def is_manifest(self) -> bool:
         return self.media_type in MANIFEST_TYPES
+
+
+class PlatformChoice(Protocol):
+    """Which platforms to resolve (``PullOptions`` is one)."""
+
+    @property
+    def platforms(self) -> Sequence[Platform]: ...
+
+    @property
+    def all_platforms(self) -> bool: ...
+
+
+@dataclass
+class PlatformImage:
+    """One platform's manifest as pulled."""
+
+    platform: Platform
+    manifest: Descriptor
+    config: Descriptor
+    layers: list[Descriptor]
+
+
+@dataclass
+class ResolvedImage:
+    """What the registry says the image is: its top object and the manifests of every platform."""
+
+    reference: Reference
+    target: Descriptor
+    index_body: bytes | None
+    manifests: list[tuple[Descriptor, bytes]]  # every manifest of the image (all platforms), with its body
+    all_platforms: list[Platform]
+    selected: list[PlatformImage]
+    # Blobs already read while resolving (a single-platform image's config), stored without a second GET.
+    fetched: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def digest(self) -> str:
+        return self.target.digest

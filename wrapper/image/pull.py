@@ -1,7 +1,6 @@
 """Pull an image from a registry into containerd's content store, over gRPC, without unpacking it.
 
-What the image is (its manifests, the platforms chosen) comes from ``wrapper.resolve``; its names are
-importable from here too.
+What the image is (its manifests, the platforms chosen) comes from ``wrapper.image.resolve``.
 
 Blobs stream straight from the HTTP response into containerd's content Write stream (never held in memory);
 containerd checks digest and size at commit. Several blobs are in flight at once. A blob whose transfer
@@ -17,7 +16,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,73 +25,23 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 
 from wrapper.containerd.client import ContainerdClient
 from wrapper.containerd.content import WriteResult
-from wrapper.containerd.images import GC_REF, Image, gc_labels
-from wrapper.errors import ContainerdError, NotFoundError, RegistryError, UsageError
-from wrapper.models import Descriptor, Platform
-from wrapper.progress import QuietReporter, Reporter
+from wrapper.containerd.images import Image, gc_labels
+from wrapper.core.errors import ContainerdError, NotFoundError, RegistryError
+from wrapper.core.models import Descriptor, Platform, PlatformImage, ResolvedImage
+from wrapper.core.options import PullOptions
+from wrapper.core.progress import QuietReporter, Reporter
+from wrapper.core.reference import Reference
+from wrapper.image.resolve import manifest_config, resolve_image
 from wrapper.registry.client import BlobReadError, RegistryClient
-from wrapper.registry.reference import Reference
-from wrapper.resolve import (
-    PlatformChoice,
-    PlatformImage,
-    ResolvedImage,
-    manifest_config,
-    resolve_image,
-    select_platforms,
-)
 
-__all__ = [
-    "BLOB_ATTEMPTS",
-    "DEFAULT_MIN_LAYER_SIZE",
-    "GC_REF",
-    "SOURCE_LABEL",
-    "BlobRecord",
-    "PlatformChoice",
-    "PlatformImage",
-    "PullCancelled",
-    "PullOptions",
-    "PullResult",
-    "Puller",
-    "ResolvedImage",
-    "pull",
-    "resolve_image",
-    "select_platforms",
-]
+log = logging.getLogger("wrapper.image.pull")
 
-log = logging.getLogger("wrapper.pull")
-
-DEFAULT_MIN_LAYER_SIZE = 10 * 1024 * 1024  # soci's default
 SOURCE_LABEL = "containerd.io/distribution.source"
 BLOB_ATTEMPTS = 5
 
 
 class PullCancelled(Exception):
     """Raised inside a transfer thread when another transfer failed or the run was interrupted."""
-
-
-@dataclass(frozen=True)
-class PullOptions:
-    platforms: Sequence[Platform] = ()
-    all_platforms: bool = False
-    min_layer_size: int = DEFAULT_MIN_LAYER_SIZE
-    full: bool = False
-    max_concurrent_downloads: int = 4
-    # Layers not to download although large enough (their zTOCs come from elsewhere: reuse).
-    skip_layers: frozenset[str] = frozenset()
-    # The largest layer downloads on its own before the other large layers (it can be indexed as soon as it is
-    # in: see wrapper.prebuild), rather than side by side with them; the small blobs still download beside it.
-    largest_layer_first: bool = False
-    # With largest_layer_first: a first stream faster than this (bytes/s) opens the other lanes as well. A pull
-    # that fast gets no early builds (--overlap auto, wrapper.prebuild), so nothing is worth waiting for.
-    largest_alone_below: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.platforms and self.all_platforms:
-            raise UsageError("--platform and --all-platforms exclude each other", hint="pick one")
-        if self.min_layer_size < 0:
-            raise UsageError("--min-layer-size must be 0 or more")
-        if self.max_concurrent_downloads < 1:
-            raise UsageError("--max-concurrent-downloads must be at least 1")
 
 
 @dataclass
@@ -165,7 +114,7 @@ class Puller:
         self.options = options
         self.reporter = reporter or QuietReporter()
         # Told each blob's digest as soon as it is in the content store (from the transfer threads): what
-        # builds zTOCs while the pull goes on (wrapper.prebuild) starts there.
+        # builds zTOCs while the pull goes on (wrapper.soci.prebuild) starts there.
         self.on_stored = on_stored
         self.on_bytes = on_bytes  # told the size of every chunk downloaded (how fast the pull runs)
         self._records: list[BlobRecord] = []

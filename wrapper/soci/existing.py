@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import json
 
-from wrapper.errors import NotFoundError
-from wrapper.models import SOCI_INDEX_DIGEST_ANNOTATION, SOCI_INDEX_V1, SOCI_INDEX_V2, Descriptor
-from wrapper.pull import ResolvedImage
+from wrapper.core.errors import NotFoundError
+from wrapper.core.models import (
+    SOCI_INDEX_DIGEST_ANNOTATION,
+    SOCI_INDEX_V1,
+    SOCI_INDEX_V2,
+    Descriptor,
+    ResolvedImage,
+)
+from wrapper.core.report import PlatformIndex
 from wrapper.registry.client import Manifest, RegistryClient
-from wrapper.report import PlatformIndex
 
 
 def find_existing_indexes(

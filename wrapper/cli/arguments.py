@@ -1,5 +1,5 @@
 """The command line's arguments: the parser, its value types, and the help texts (exit codes, environment).
-wrapper.cli turns what it parses into requests and runs them."""
+wrapper.cli.main turns what it parses into requests and runs them."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import NoReturn
 
 from wrapper import __version__
-from wrapper.errors import ExitCode, UsageError
-from wrapper.models import Platform
-from wrapper.pull import DEFAULT_MIN_LAYER_SIZE
-from wrapper.verify.console import DESCRIPTION as VERIFY_DESCRIPTION
-from wrapper.verify.console import add_index_verify_flag, add_verify_arguments
+from wrapper.cli.verify import DESCRIPTION as VERIFY_DESCRIPTION
+from wrapper.cli.verify import add_index_verify_flag, add_verify_arguments
+from wrapper.core.errors import ExitCode, UsageError
+from wrapper.core.models import Platform
+from wrapper.core.options import DEFAULT_MIN_LAYER_SIZE
 
 PROG = "soci-wrapper"
 COMMANDS = ("index", "pull", "doctor", "verify")

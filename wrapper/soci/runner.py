@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -42,7 +42,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from wrapper.errors import (
+from wrapper.core.errors import (
     AuthError,
     ContainerdError,
     MissingDependencyError,
@@ -51,11 +51,12 @@ from wrapper.errors import (
     RegistryError,
     SociError,
 )
-from wrapper.models import Platform
-from wrapper.pins import SOCI_VERSION
-from wrapper.util import one_line
+from wrapper.core.models import Platform
+from wrapper.core.pins import SOCI_VERSION
+from wrapper.core.report import EventSink, SociEvent
+from wrapper.core.util import one_line
 
-log = logging.getLogger("wrapper.soci")
+log = logging.getLogger("wrapper.soci.runner")
 
 SOCI_RELEASE = SOCI_VERSION  # the release scripts/bootstrap.sh builds (wrapper/pins.env)
 # The releases whose flags and output soci-wrapper knows: major.minor of the pin.
@@ -142,24 +143,6 @@ def kill_running_soci() -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-@dataclass(frozen=True)
-class SociEvent:
-    """One thing soci reported while it worked.
-
-    ``kind``: ``built``/``reused``/``skipped`` (a layer's zTOC, from create and convert), ``index`` (push
-    started on a SOCI index), ``uploading``/``uploaded``/``exists`` (push: an artifact), ``retry`` (the
-    wrapper is about to run a failed push again; ``detail`` says why).
-    """
-
-    kind: Literal["built", "reused", "skipped", "index", "uploading", "uploaded", "exists", "retry"]
-    digest: str = ""
-    ztoc: str = ""
-    detail: str = ""
-
-
-EventSink = Callable[[SociEvent], None]
-
-
 def parse_event(line: str) -> SociEvent | None:
     """The event for one line of soci's stdout, or None for a line that is not one."""
     line = line.strip()
@@ -195,7 +178,7 @@ def find_soci(explicit: str | None = None, *, project_root: Path | None = None) 
         candidates.append(explicit)
     if os.environ.get("SOCI_BIN"):
         candidates.append(os.environ["SOCI_BIN"])
-    root = project_root or Path(__file__).resolve().parent.parent
+    root = project_root or Path(__file__).resolve().parents[2]
     candidates.append(str(root / ".deps" / "bin" / "soci"))
     for candidate in candidates:
         if Path(candidate).is_file() and os.access(candidate, os.X_OK):
@@ -322,7 +305,7 @@ class Soci:
 
     def rebuild_db(self) -> None:
         """``soci rebuild-db``: record in soci's artifacts database the v1 indexes (and their zTOCs) found in
-        its content store; the way zTOCs from elsewhere are handed to ``soci create`` (see wrapper.reuse)."""
+        its content store; the way zTOCs from elsewhere are handed to ``soci create`` (see wrapper.soci.reuse)."""
         self._run(["rebuild-db"], what="soci rebuild-db")
 
     def ztoc_info(self, ztoc_digest: str) -> dict[str, object]:

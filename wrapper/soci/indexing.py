@@ -1,12 +1,12 @@
 """The index and push stages: the real soci makes every index, in its own content store.
 
 * V1: one ``soci create`` per platform, then ``soci push`` (retried when it fails for a transient reason).
-* V2: ``soci convert``, then the SOCI-enabled image is brought into containerd (wrapper.converted) and pushed
-  by the project's own push (wrapper.push): blobs first, manifests, the tag last.
+* V2: ``soci convert``, then the SOCI-enabled image is brought into containerd (wrapper.soci.converted) and pushed
+  by the project's own push (wrapper.image.push): blobs first, manifests, the tag last.
 
 Both use soci's content store (``--content-store soci``): with containerd's, soci v0.15.0 loses every
 platform's v1 index but the last to containerd's garbage collector, and only there can ``soci rebuild-db``
-hand soci zTOCs reused from elsewhere (wrapper.reuse).
+hand soci zTOCs reused from elsewhere (wrapper.soci.reuse).
 """
 
 from __future__ import annotations
@@ -17,19 +17,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from wrapper.containerd.client import ContainerdClient
-from wrapper.converted import bring_into_containerd, restore_attestations
-from wrapper.errors import NothingToIndexError, SociError
-from wrapper.models import SOCI_INDEX_V2, Descriptor, Platform
-from wrapper.options import IndexRequest
-from wrapper.prebuild import Prebuilder
-from wrapper.progress import short_digest
-from wrapper.pull import PullResult
-from wrapper.push import ImagePusher
+from wrapper.core.errors import NothingToIndexError, SociError
+from wrapper.core.models import SOCI_INDEX_V2, Descriptor, Platform
+from wrapper.core.options import IndexRequest
+from wrapper.core.progress import short_digest
+from wrapper.core.reference import Reference
+from wrapper.core.report import IndexReport, LayerEvents, PlatformSkipped, SociEvent, Stages, describe_index
+from wrapper.image.pull import PullResult
+from wrapper.image.push import ImagePusher
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
-from wrapper.report import IndexReport, LayerEvents, PlatformSkipped, Stages, describe_index
-from wrapper.reuse import Reusable, remember, stage_for_soci, ztocs_of_index
-from wrapper.soci import PushAuth, Soci, SociEvent
+from wrapper.soci.converted import bring_into_containerd, restore_attestations
+from wrapper.soci.prebuild import Prebuilder
+from wrapper.soci.reuse import Reusable, remember, stage_for_soci, ztocs_of_index
+from wrapper.soci.runner import PushAuth, Soci
 
 NO_ZTOC = "soci made no zTOC (no layer it can index)"
 
@@ -44,7 +44,7 @@ class Indexing:
     report: IndexReport
     stages: Stages
     reusable: dict[str, Reusable]
-    # zTOCs being built while the pull went on (wrapper.prebuild), and those it built (by layer digest).
+    # zTOCs being built while the pull went on (wrapper.soci.prebuild), and those it built (by layer digest).
     prebuild: Prebuilder | None = None
     prebuilt: dict[str, Reusable] = field(default_factory=dict)
 

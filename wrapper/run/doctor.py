@@ -11,8 +11,8 @@ from typing import Any
 from wrapper import __version__
 from wrapper.containerd.client import ContainerdClient
 from wrapper.containerd.daemon import containerd_binary_version, find_containerd
-from wrapper.errors import WrapperError
-from wrapper.soci import SOCI_RELEASE, find_soci, soci_version
+from wrapper.core.errors import WrapperError
+from wrapper.soci.runner import SOCI_RELEASE, find_soci, soci_version
 
 
 @dataclass

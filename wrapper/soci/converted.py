@@ -4,7 +4,7 @@ soci-wrapper runs ``soci convert`` with soci's own content store, like ``soci cr
 ``soci rebuild-db`` can hand it reused zTOCs). Convert writes everything it makes into that store: the zTOCs,
 the SOCI indexes, the rewritten platform manifests and the new image index; the image record it creates in
 containerd points at that index. ``bring_into_containerd`` copies what the push needs from soci's store into
-containerd's (small blobs: manifests and zTOCs), so the project's own push (wrapper.push) reads one store.
+containerd's (small blobs: manifests and zTOCs), so the project's own push (wrapper.image.push) reads one store.
 
 Convert also drops what it does not know of the original index: the annotations of buildx attestation
 manifests (``vnd.docker.reference.type`` / ``.digest``), whose reference would anyway name a manifest digest
@@ -19,8 +19,8 @@ from typing import Any
 
 from wrapper.containerd.client import ContainerdClient
 from wrapper.containerd.images import Image, gc_labels
-from wrapper.models import Descriptor, Platform
-from wrapper.soci import Soci
+from wrapper.core.models import Descriptor, Platform
+from wrapper.soci.runner import Soci
 
 REFERENCE_TYPE = "vnd.docker.reference.type"
 REFERENCE_DIGEST = "vnd.docker.reference.digest"

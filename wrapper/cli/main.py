@@ -1,5 +1,5 @@
-"""Command line: requests from the parsed arguments (wrapper.arguments), output (rich or JSON) and exit codes.
-The work happens in wrapper.pipeline (and wrapper.batch, wrapper.verify)."""
+"""Command line: requests from the parsed arguments (wrapper.cli.arguments), output (rich or JSON) and exit codes.
+The work happens in wrapper.run.pipeline (and wrapper.run.batch, wrapper.verify)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from wrapper.arguments import (
+from wrapper.cli.arguments import (
     COMMANDS,
     PROG,
     _env,
@@ -28,17 +28,18 @@ from wrapper.arguments import (
     parse_platform,
     parse_size,
 )
-from wrapper.errors import ExitCode, UsageError, WrapperError
-from wrapper.models import Platform, validate_digest
-from wrapper.progress import human_size, make_reporter
-from wrapper.pull import PullOptions
-from wrapper.soci import deliver_signal
-from wrapper.verify.console import print_verify, verify_indexed
-from wrapper.verify.console import request_from_args as verify_request_from_args
+from wrapper.cli.display import make_reporter
+from wrapper.cli.verify import print_verify, verify_indexed
+from wrapper.cli.verify import request_from_args as verify_request_from_args
+from wrapper.core.errors import ExitCode, UsageError, WrapperError
+from wrapper.core.models import Platform, validate_digest
+from wrapper.core.options import PullOptions
+from wrapper.core.progress import human_size
+from wrapper.soci.runner import deliver_signal
 
 
 def _resolve_index_reference(args: argparse.Namespace) -> Any:
-    from wrapper.registry.reference import Reference
+    from wrapper.core.reference import Reference
 
     image_ref = (args.image_refs[0] if args.image_refs else None) or _env("SOCI_WRAPPER_IMAGE")
     repo = args.repo or _env("SOCI_WRAPPER_REPO")
@@ -85,7 +86,7 @@ def _pull_options(args: argparse.Namespace, *, full: bool = False) -> PullOption
 
 
 def _registry_options(args: argparse.Namespace, stdin: Callable[[], str]) -> Any:
-    from wrapper.pipeline import RegistryOptions
+    from wrapper.core.options import RegistryOptions
 
     password = None
     if args.password_stdin:
@@ -118,8 +119,8 @@ def _registry_options(args: argparse.Namespace, stdin: Callable[[], str]) -> Any
 
 
 def _reuse_options(args: argparse.Namespace, reference: Any) -> Any:
-    from wrapper.registry.reference import Reference
-    from wrapper.reuse import DEFAULT_CACHE_MAX_BYTES, ReuseOptions
+    from wrapper.core.options import DEFAULT_CACHE_MAX_BYTES, ReuseOptions
+    from wrapper.core.reference import Reference
 
     cache_dir = args.cache_dir or (Path(env) if (env := _env("SOCI_WRAPPER_CACHE_DIR")) else None)
     reuse_from = []
@@ -165,7 +166,7 @@ def _read_timeout(value: float | None) -> float:
 
 
 def _daemon_options(args: argparse.Namespace) -> Any:
-    from wrapper.pipeline import DaemonOptions
+    from wrapper.core.options import DaemonOptions
 
     if args.work_dir is not None and args.work_dir.exists() and not args.work_dir.is_dir():
         raise UsageError(
@@ -183,7 +184,8 @@ def _daemon_options(args: argparse.Namespace) -> Any:
 
 # -- commands ----------------------------------------------------------------------------------------------
 def cmd_index(args: argparse.Namespace, out: Console, err: Console, stdin: Callable[[], str]) -> int:
-    from wrapper.pipeline import IndexRequest, run_index
+    from wrapper.core.options import IndexRequest
+    from wrapper.run.pipeline import run_index
 
     soci_version = args.soci_version or (_env("SOCI_WRAPPER_SOCI_VERSION") or "V1").upper()
     if soci_version not in ("V1", "V2"):
@@ -293,8 +295,8 @@ def _index_from_oci(
     reporter: Any,
 ) -> int:
     """``index --from-oci PATH IMAGE_REF``: one image, from a layout, pushed to IMAGE_REF with its index."""
-    from wrapper.pipeline import run_index_from_oci
-    from wrapper.registry.reference import Reference
+    from wrapper.core.reference import Reference
+    from wrapper.run.pipeline import run_index_from_oci
 
     try:
         if len(args.image_refs) != 1 or args.from_file or args.repo:
@@ -333,7 +335,7 @@ def _index_from_oci(
 
 def _many_references(args: argparse.Namespace, stdin: Callable[[], str]) -> list[Any] | None:
     """The images of a many-image run (several IMAGE_REFs, or --from-file), or None for one image."""
-    from wrapper.registry.reference import Reference
+    from wrapper.core.reference import Reference
 
     texts = list(args.image_refs)
     if args.from_file:
@@ -364,7 +366,7 @@ def _many_references(args: argparse.Namespace, stdin: Callable[[], str]) -> list
 
 
 def _index_many(args: argparse.Namespace, requests: list[Any], out: Console, stdin: Callable[[], str]) -> int:
-    from wrapper.batch import DEFAULT_MAX_CONCURRENT_IMAGES, run_index_many
+    from wrapper.run.batch import DEFAULT_MAX_CONCURRENT_IMAGES, run_index_many
 
     reporter = make_reporter(quiet=args.quiet, force_plain=True)  # several images: lines, never bars
     try:
@@ -402,8 +404,8 @@ def _count(n: int, noun: str) -> str:
 
 
 def cmd_pull(args: argparse.Namespace, out: Console, err: Console, stdin: Callable[[], str]) -> int:
-    from wrapper.pipeline import run_pull
-    from wrapper.registry.reference import Reference
+    from wrapper.core.reference import Reference
+    from wrapper.run.pipeline import run_pull
 
     ref = Reference.parse(args.image_ref)
     options = _pull_options(args, full=args.full)
@@ -428,7 +430,7 @@ def cmd_pull(args: argparse.Namespace, out: Console, err: Console, stdin: Callab
 
 
 def cmd_doctor(args: argparse.Namespace, out: Console, err: Console, stdin: Callable[[], str]) -> int:
-    from wrapper.doctor import run_doctor
+    from wrapper.run.doctor import run_doctor
 
     report = run_doctor(
         containerd_address=args.containerd_address, containerd_bin=args.containerd_bin, soci_bin=args.soci_bin

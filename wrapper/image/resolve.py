@@ -1,5 +1,5 @@
 """What an image is, from the registry: its top manifest or index, every platform's manifest, the platforms
-chosen. Nothing is stored here; ``wrapper.pull`` transfers what this finds.
+chosen. Nothing is stored here; ``wrapper.image.pull`` transfers what this finds.
 
 The documents are checked as they are read: an index must carry a list of manifest descriptors, an image
 manifest a config descriptor (and, if any, a list of layer descriptors). A document that is neither an image
@@ -10,57 +10,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from wrapper.errors import NotFoundError, RegistryError
-from wrapper.models import Descriptor, Platform
+from wrapper.core.errors import NotFoundError, RegistryError
+from wrapper.core.models import Descriptor, Platform, PlatformChoice, PlatformImage, ResolvedImage
+from wrapper.core.reference import Reference
 from wrapper.registry.client import MAX_MANIFEST_BYTES, RegistryClient
-from wrapper.registry.reference import Reference
 
 # The hint of a manifest or index that is not what the image spec says: the tool that wrote it is broken.
 _MALFORMED_HINT = (
     "the image's manifest is malformed; rebuild and push it with a current docker, buildx or crane"
 )
 _UNKNOWN = Platform("unknown", "unknown")
-
-
-class PlatformChoice(Protocol):
-    """Which platforms to resolve (``PullOptions`` is one)."""
-
-    @property
-    def platforms(self) -> Sequence[Platform]: ...
-
-    @property
-    def all_platforms(self) -> bool: ...
-
-
-@dataclass
-class PlatformImage:
-    """One platform's manifest as pulled."""
-
-    platform: Platform
-    manifest: Descriptor
-    config: Descriptor
-    layers: list[Descriptor]
-
-
-@dataclass
-class ResolvedImage:
-    """What the registry says the image is: its top object and the manifests of every platform."""
-
-    reference: Reference
-    target: Descriptor
-    index_body: bytes | None
-    manifests: list[tuple[Descriptor, bytes]]  # every manifest of the image (all platforms), with its body
-    all_platforms: list[Platform]
-    selected: list[PlatformImage]
-    # Blobs already read while resolving (a single-platform image's config), stored without a second GET.
-    fetched: dict[str, bytes] = field(default_factory=dict)
-
-    @property
-    def digest(self) -> str:
-        return self.target.digest
 
 
 def select_platforms(available: Sequence[Platform], options: PlatformChoice) -> list[Platform]:

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wrapper.errors import WrapperError
-from wrapper.models import (
+from wrapper.core.errors import WrapperError
+from wrapper.core.models import (
     OCI_MANIFEST,
     SOCI_INDEX_V1,
     SOCI_INDEX_V2,
@@ -42,13 +42,13 @@ from wrapper.models import (
     SOCI_ZTOC,
     Descriptor,
 )
+from wrapper.core.options import DEFAULT_CACHE_MAX_BYTES, ReuseOptions
+from wrapper.core.reference import Reference
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
 
-log = logging.getLogger("wrapper.reuse")
+log = logging.getLogger("wrapper.soci.reuse")
 
 DEFAULT_SPAN_SIZE = 4 * 1024 * 1024  # soci's default
-DEFAULT_CACHE_MAX_BYTES = 2 * 1024 * 1024 * 1024
 MAX_ZTOC_BYTES = 256 * 1024 * 1024  # a zTOC is well under 1% of its layer
 _EMPTY_JSON = b"{}"
 _CHUNK = 1024 * 1024
@@ -342,17 +342,6 @@ def stage_for_soci(soci_root: Path, subject: Descriptor, reusable: list[Reusable
 
 
 # -- one run's reuse -------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ReuseOptions:
-    """Where a run looks for zTOCs made before (``--no-reuse`` turns all of it off)."""
-
-    enabled: bool = True
-    search_repository: bool = True  # the SOCI indexes of other images of the same repository
-    cache_dir: Path | None = None
-    cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
-    reuse_from: tuple[Reference, ...] = ()
-
-
 def find_reusable(
     registry: RegistryClient,
     image: Reference,

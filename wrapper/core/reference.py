@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from wrapper.errors import UsageError
-from wrapper.models import validate_digest
+from wrapper.core.errors import UsageError
+from wrapper.core.models import validate_digest
 
 DOCKER_HUB = "docker.io"
 # Hosts that name Docker Hub; all are normalised to DOCKER_HUB.

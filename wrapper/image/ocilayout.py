@@ -22,19 +22,12 @@ from typing import IO, Any
 
 from wrapper.containerd.client import ContainerdClient
 from wrapper.containerd.images import Image, gc_labels
-from wrapper.errors import ContainerdError, UsageError, WrapperError
-from wrapper.models import Descriptor, Platform
-from wrapper.progress import QuietReporter, Reporter
-from wrapper.pull import BlobRecord, PlatformChoice, PullResult
-from wrapper.registry.reference import Reference
-from wrapper.resolve import (
-    PlatformImage,
-    ResolvedImage,
-    config_platform,
-    index_entries,
-    platform_image,
-    select_platforms,
-)
+from wrapper.core.errors import ContainerdError, UsageError, WrapperError
+from wrapper.core.models import Descriptor, Platform, PlatformChoice, PlatformImage, ResolvedImage
+from wrapper.core.progress import QuietReporter, Reporter
+from wrapper.core.reference import Reference
+from wrapper.image.pull import BlobRecord, PullResult
+from wrapper.image.resolve import config_platform, index_entries, platform_image, select_platforms
 
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
@@ -177,7 +170,7 @@ class OciLayout:
         )
 
     def resolve(self, ref: Reference, options: PlatformChoice) -> ResolvedImage:
-        """The chosen image, as ``wrapper.resolve`` describes one from a registry; every blob checked present."""
+        """The chosen image, as ``wrapper.image.resolve`` describes one from a registry; every blob checked present."""
         target = self.choose(ref)
         top = self.document(target)
         plain = Descriptor(target.media_type, target.digest, target.size)

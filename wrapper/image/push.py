@@ -16,13 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from wrapper.containerd.client import ContainerdClient
-from wrapper.errors import ContainerdError, NotFoundError, RegistryError
-from wrapper.models import Descriptor
-from wrapper.progress import QuietReporter, Reporter
+from wrapper.core.errors import ContainerdError, NotFoundError, RegistryError
+from wrapper.core.models import Descriptor
+from wrapper.core.progress import QuietReporter, Reporter
+from wrapper.core.reference import Reference
 from wrapper.registry.client import MAX_MANIFEST_BYTES, RegistryClient, SourceMismatchError
-from wrapper.registry.reference import Reference
 
-log = logging.getLogger("wrapper.push")
+log = logging.getLogger("wrapper.image.push")
 
 
 class PushCancelled(Exception):

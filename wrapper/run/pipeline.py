@@ -14,172 +14,41 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import shutil
-import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from wrapper.containerd.client import ContainerdClient
-from wrapper.containerd.daemon import (
-    MISSING_MESSAGE,
-    AttachedContainerd,
-    ManagedContainerd,
-    containerd_binary_version,
-    find_containerd,
-)
-from wrapper.errors import (
+from wrapper.core.errors import (
     AuthError,
-    ContainerdError,
-    MissingDependencyError,
     NothingToIndexError,
     UsageError,
 )
-from wrapper.existing import find_existing_indexes, soci_artifact
-from wrapper.indexing import Indexing
-from wrapper.options import DaemonOptions, IndexRequest, RegistryOptions
-from wrapper.prebuild import Prebuilder, fast_pull_rate
-from wrapper.progress import QuietReporter, Reporter, human_size, short_digest
-from wrapper.pull import (
+from wrapper.core.models import PlatformImage, ResolvedImage
+from wrapper.core.options import (
     DEFAULT_MIN_LAYER_SIZE,
-    PlatformImage,
-    Puller,
+    DaemonOptions,
+    IndexRequest,
     PullOptions,
-    PullResult,
-    ResolvedImage,
-    resolve_image,
+    RegistryOptions,
 )
-from wrapper.registry.auth import Credentials, CredentialStore
+from wrapper.core.progress import QuietReporter, Reporter, human_size, short_digest
+from wrapper.core.reference import Reference
+from wrapper.core.report import IndexReport, PlatformSkipped, Stages
+from wrapper.image.pull import Puller, PullResult
+from wrapper.image.resolve import resolve_image
 from wrapper.registry.client import RegistryClient
-from wrapper.registry.reference import Reference
-from wrapper.report import IndexReport, PlatformSkipped, Stages
-from wrapper.reuse import DEFAULT_SPAN_SIZE, Reusable, find_reusable
-from wrapper.soci import PushAuth, Soci, check_soci, unindexable_reason
+from wrapper.run.session import Session, check_containerd, containerd_session, open_registry, run_directory
+from wrapper.soci.existing import find_existing_indexes, soci_artifact
+from wrapper.soci.indexing import Indexing
+from wrapper.soci.prebuild import Prebuilder, fast_pull_rate
+from wrapper.soci.reuse import DEFAULT_SPAN_SIZE, Reusable, find_reusable
+from wrapper.soci.runner import PushAuth, Soci, check_soci, unindexable_reason
 
-log = logging.getLogger("wrapper.pipeline")
+log = logging.getLogger("wrapper.run.pipeline")
 
 SociVersion = Literal["V1", "V2"]
-
-
-# -- building blocks ---------------------------------------------------------------------------------------
-def check_containerd(options: DaemonOptions) -> None:
-    """Before any network work: the containerd this run will use is there (and root, to start our own)."""
-    if options.containerd_address:
-        AttachedContainerd(options.containerd_address).start()  # the socket exists and answers Version
-        return
-    binary = find_containerd(options.containerd_bin)
-    if binary is None:
-        where = "" if options.containerd_bin == "containerd" else f" (looked for {options.containerd_bin})"
-        raise MissingDependencyError(MISSING_MESSAGE + where)
-    containerd_binary_version(binary)  # a program that is not containerd: exit 9 now, not after the pull
-    if os.geteuid() != 0:
-        raise ContainerdError(
-            "starting a private containerd needs root",
-            hint="run as root (a privileged CodeBuild project), or attach with --containerd-address",
-        )
-
-
-def open_registry(ref: Reference, options: RegistryOptions) -> RegistryClient:
-    explicit: dict[str, Credentials] = {}
-    if options.username is not None:
-        explicit[ref.registry] = Credentials(options.username, options.password or "")
-    store = CredentialStore(explicit=explicit, docker_config_dir=options.docker_config)
-    return RegistryClient(
-        store,
-        ca_file=options.ca_file,
-        plain_http=options.plain_http,
-        endpoint_overrides=dict(options.endpoint_overrides) or None,
-        read_timeout=options.read_timeout,
-    )
-
-
-@contextlib.contextmanager
-def run_directory(options: DaemonOptions) -> Iterator[Path]:
-    """A fresh directory for this run (inside --work-dir if given); removed afterwards unless kept."""
-    parent = options.work_dir
-    if parent is not None:
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"cannot create work directory {parent}: {exc.strerror}") from exc
-    path = Path(tempfile.mkdtemp(prefix="soci-wrapper-", dir=parent))
-    try:
-        yield path
-    finally:
-        if options.keep_work_dir:
-            log.info("kept work directory %s", path)
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def containerd_session(options: DaemonOptions, run_dir: Path) -> Iterator[ContainerdClient]:
-    """Start our own containerd (or attach to one) and yield a client in our namespace."""
-    with _daemon(options, run_dir) as daemon, ContainerdClient(daemon.address, options.namespace) as client:
-        client.namespaces.ensure(options.namespace)
-        yield client
-
-
-def _daemon(options: DaemonOptions, run_dir: Path) -> ManagedContainerd | AttachedContainerd:
-    if options.containerd_address:
-        return AttachedContainerd(options.containerd_address)
-    return ManagedContainerd(run_dir / "containerd", binary=options.containerd_bin, keep_work_dir=True)
-
-
-class Session:
-    """The run directory and containerd of one run, started when an image first needs them (an already indexed
-    image needs neither) and shared by every image of the run; stopped and removed on exit. Each image gets a
-    client of its own: a client's lease is one at a time."""
-
-    def __init__(self, options: DaemonOptions, stages: Stages | None = None) -> None:
-        self.options = options
-        self._stages = stages
-        self._stack = contextlib.ExitStack()
-        self._lock = threading.Lock()
-        self._dir: Path | None = None
-        self._address: str | None = None
-        self._images = 0
-
-    def __enter__(self) -> Session:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        # The exception goes on to the daemon: a managed containerd that died says so instead of it (it
-        # replaces the exception; nothing here swallows one).
-        self._stack.__exit__(*exc)
-
-    @property
-    def run_dir(self) -> Path:
-        with self._lock:
-            if self._dir is None:
-                self._dir = self._stack.enter_context(run_directory(self.options))
-            return self._dir
-
-    def image_dir(self) -> Path:
-        """A directory of its own for one image's files (soci's root, its temporary files, reused zTOCs)."""
-        with self._lock:
-            self._images += 1
-            number = self._images
-        path = self.run_dir / f"image-{number}"
-        path.mkdir()
-        return path
-
-    def client(self) -> ContainerdClient:
-        """A new client (closed with the session) on the run's containerd, started on the first call."""
-        run_dir = self.run_dir
-        with self._lock:
-            if self._address is None:
-                timing = self._stages("containerd") if self._stages else contextlib.nullcontext()
-                with timing:
-                    daemon = _daemon(self.options, run_dir)
-                    self._stack.enter_context(daemon)
-                    self._address = daemon.address
-                    first = self._stack.enter_context(ContainerdClient(self._address, self.options.namespace))
-                    first.namespaces.ensure(self.options.namespace)
-                    return first
-            return self._stack.enter_context(ContainerdClient(self._address, self.options.namespace))
 
 
 # -- pull --------------------------------------------------------------------------------------------------
@@ -301,7 +170,7 @@ def _soci(binary: str, client: ContainerdClient, run_dir: Path, request: IndexRe
         tmp_dir=run_dir / "tmp",
         timeout=request.soci_timeout,
         debug=request.debug,
-        content_store="soci",  # see wrapper.indexing
+        content_store="soci",  # see wrapper.soci.indexing
     )
 
 
@@ -313,7 +182,7 @@ def _prebuilder(
     pull: PullOptions,
     max_pull_rate: float | None,
 ) -> contextlib.AbstractContextManager[Prebuilder | None]:
-    """What indexes layers while the pull goes on (wrapper.prebuild), unless --overlap never."""
+    """What indexes layers while the pull goes on (wrapper.soci.prebuild), unless --overlap never."""
     if request.overlap == "never":
         return contextlib.nullcontext()
     return Prebuilder(
@@ -364,8 +233,8 @@ def run_index_from_oci(
     """``soci-wrapper index --from-oci PATH IMAGE_REF``: the image of an OCI layout (directory or tar) into
     containerd, pushed to IMAGE_REF (blobs the registry has are skipped, the tag last), then indexed and its
     index pushed as ``index_image`` does."""
-    from wrapper.ocilayout import Importer, OciLayout
-    from wrapper.push import ImagePusher
+    from wrapper.image.ocilayout import Importer, OciLayout
+    from wrapper.image.push import ImagePusher
 
     reporter = reporter or QuietReporter()
     ref = request.reference
@@ -417,7 +286,7 @@ def run_index_from_oci(
 def _find_reusable(
     registry: RegistryClient, image: ResolvedImage, request: IndexRequest, run_dir: Path, reporter: Reporter
 ) -> dict[str, Reusable]:
-    """zTOCs made before for the layers soci would index (see wrapper.reuse)."""
+    """zTOCs made before for the layers soci would index (see wrapper.soci.reuse)."""
     min_size = request.pull.min_layer_size
     wanted = {
         layer.digest: layer

@@ -6,14 +6,30 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from wrapper.models import SOCI_LAYER_DIGEST_ANNOTATION
-from wrapper.progress import Reporter, human_size, short_digest
-from wrapper.pull import PlatformImage
-from wrapper.soci import SociEvent
+from wrapper.core.models import SOCI_LAYER_DIGEST_ANNOTATION, PlatformImage
+from wrapper.core.progress import Reporter, human_size, short_digest
+
+
+@dataclass(frozen=True)
+class SociEvent:
+    """One thing soci reported while it worked.
+
+    ``kind``: ``built``/``reused``/``skipped`` (a layer's zTOC, from create and convert), ``index`` (push
+    started on a SOCI index), ``uploading``/``uploaded``/``exists`` (push: an artifact), ``retry`` (the
+    wrapper is about to run a failed push again; ``detail`` says why).
+    """
+
+    kind: Literal["built", "reused", "skipped", "index", "uploading", "uploaded", "exists", "retry"]
+    digest: str = ""
+    ztoc: str = ""
+    detail: str = ""
+
+
+EventSink = Callable[[SociEvent], None]
 
 
 @dataclass
@@ -33,7 +49,9 @@ class LayerReport:
     ztoc: str | None = None
     reason: str | None = None
     source: str | None = None  # reused: "cache", or "registry IMAGE_REF"
-    during_pull: bool = False  # built: while the rest of the image was still downloading (wrapper.prebuild)
+    during_pull: bool = (
+        False  # built: while the rest of the image was still downloading (wrapper.soci.prebuild)
+    )
 
 
 @dataclass

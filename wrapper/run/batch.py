@@ -9,14 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from wrapper.errors import ExitCode, UsageError, WrapperError
-from wrapper.options import DaemonOptions, IndexRequest, RegistryOptions
-from wrapper.pipeline import Session, check_containerd, index_image
-from wrapper.progress import PrefixedReporter, QuietReporter, Reporter
-from wrapper.report import IndexReport, Stages
-from wrapper.soci import check_soci, kill_running_soci
+from wrapper.core.errors import ExitCode, UsageError, WrapperError
+from wrapper.core.options import DaemonOptions, IndexRequest, RegistryOptions
+from wrapper.core.progress import PrefixedReporter, QuietReporter, Reporter
+from wrapper.core.report import IndexReport, Stages
+from wrapper.run.pipeline import index_image
+from wrapper.run.session import Session, check_containerd
+from wrapper.soci.runner import check_soci, kill_running_soci
 
-log = logging.getLogger("wrapper.batch")
+log = logging.getLogger("wrapper.run.batch")
 
 DEFAULT_MAX_CONCURRENT_IMAGES = 2  # benchmarks/: on 2 cores, soci's work is CPU-bound; see README
 
