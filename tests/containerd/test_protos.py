@@ -10,7 +10,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTO_PACKAGE = Path("wrapper/containerd/_proto")
-SERVICES = ("content", "images", "leases", "namespace", "snapshots", "version")
+SERVICES = ("containers", "content", "diff", "images", "leases", "namespace", "snapshots", "tasks", "version")
+# Message types only (no service).
+TYPES = ("descriptor", "metrics", "mount", "process")
 
 
 def _generated(directory: Path) -> list[str]:
@@ -34,7 +36,7 @@ def test_committed_stubs_are_up_to_date(tmp_path: Path) -> None:
 
 def test_every_proto_has_stubs_and_they_import() -> None:
     protos = sorted(p.stem for p in (ROOT / "protos" / PROTO_PACKAGE).glob("*.proto"))
-    assert protos == sorted([*SERVICES, "descriptor", "mount"])
+    assert protos == sorted([*SERVICES, *TYPES])
     for name in protos:
         module = importlib.import_module(f"wrapper.containerd._proto.{name}_pb2")
         assert module.DESCRIPTOR.name == f"{PROTO_PACKAGE}/{name}.proto"

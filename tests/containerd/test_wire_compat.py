@@ -33,6 +33,11 @@ UPSTREAM = {
     "snapshots": API / "services/snapshots/v1/snapshots.proto",
     "descriptor": API / "types/descriptor.proto",
     "mount": API / "types/mount.proto",
+    "containers": API / "services/containers/v1/containers.proto",
+    "tasks": API / "services/tasks/v1/tasks.proto",
+    "diff": API / "services/diff/v1/diff.proto",
+    "process": API / "types/task/task.proto",
+    "metrics": API / "types/metrics.proto",
 }
 
 Files = list[descriptor_pb2.FileDescriptorProto]
@@ -157,7 +162,10 @@ def test_our_protos_match_containerds(our_files: Files, upstream_files: Files) -
     assert ".containerd.services.content.v1.WriteContentRequest" in mine.messages
     assert ".containerd.services.images.v1.Image.LabelsEntry" in mine.messages
     assert ".containerd.services.content.v1.WriteAction" in mine.enums
-    assert len(mine.services) == 6
+    assert ".containerd.services.containers.v1.Container.Runtime" in mine.messages
+    assert ".containerd.services.tasks.v1.CreateTaskRequest" in mine.messages
+    assert ".containerd.v1.types.Status" in mine.enums
+    assert len(mine.services) == 9
 
 
 @pytest.mark.parametrize(
