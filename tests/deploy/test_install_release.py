@@ -200,11 +200,66 @@ def test_unavailable_route_exits_2_without_installing(
     assert installed(tmp_path) == []
 
 
-def test_pins_name_the_release_checksums() -> None:
-    for arch in ("AMD64", "ARM64"):
-        value = pin(f"SOCI_RELEASE_SHA256_{arch}")
-        is_sha256 = len(value) == 64 and all(c in "0123456789abcdef" for c in value)
-        assert is_sha256 or value.startswith("UNPINNED"), f"SOCI_RELEASE_SHA256_{arch}={value}"
+def uname_as(tmp_path: Path, machine: str) -> str:
+    """A PATH whose ``uname -m`` says ``machine`` (the script picks the asset and the pin by it)."""
+    shim = tmp_path / "uname-shim"
+    shim.mkdir(exist_ok=True)
+    real = shutil.which("uname")
+    assert real is not None
+    (shim / "uname").write_text(
+        f'#!/bin/sh\nif [ "$1" = -m ]; then echo {machine}; else exec {real} "$@"; fi\n'
+    )
+    (shim / "uname").chmod(0o755)
+    return f"{shim}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+@pytest.mark.parametrize(("arch", "machine"), [("AMD64", "x86_64"), ("ARM64", "aarch64")])
+def test_the_pinned_release_checksums_decide_what_the_script_does(
+    tmp_path: Path, release: ReleaseServer, arch: str, machine: str
+) -> None:
+    """With the real pins.env and no override: a placeholder pin (not a sha256) is the documented "release
+    route unavailable" (exit 2, one line naming the pin, nothing downloaded or installed); a pinned sha256 is
+    checked, so the stand-in tarball served here (not the published asset) is refused (exit 3)."""
+    value = pin(f"SOCI_RELEASE_SHA256_{arch}")
+    env = script_env(tmp_path, SOCI_RELEASE_URL=release.url, PATH=uname_as(tmp_path, machine))
+    before = len(release.requests)
+    result = run_script(checkout(tmp_path), env)
+    assert result.stdout == "" and installed(tmp_path) == []
+    (line,) = result.stderr.splitlines()
+    if len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        assert result.returncode == 3, result.stderr
+        assert "refused" in line and value in line and release.sha256 in line
+    else:
+        assert value.startswith("UNPINNED"), (
+            f"SOCI_RELEASE_SHA256_{arch}={value}: neither a sha256 nor a placeholder"
+        )
+        assert result.returncode == 2, result.stderr
+        assert (
+            f"no sha256 pinned for soci-snapshotter-{VERSION.removeprefix('v')}-linux-{arch.lower()}" in line
+        )
+        assert f"SOCI_RELEASE_SHA256_{arch}" in line and value in line
+        assert len(release.requests) == before  # refused before any download
+
+
+@pytest.mark.parametrize("right", [True, False])
+def test_a_checksum_pinned_in_pins_env_is_checked(
+    tmp_path: Path, release: ReleaseServer, right: bool
+) -> None:
+    """Once pins.env holds a sha256 (no SOCI_RELEASE_SHA256 override), the download must match it."""
+    sha = release.sha256 if right else WRONG_SHA256
+    pins = PLACEHOLDER_PINS.replace(
+        f"SOCI_RELEASE_SHA256_{ARCH.upper()}=UNPINNED", f"SOCI_RELEASE_SHA256_{ARCH.upper()}={sha}"
+    )
+    assert sha in pins
+    result = run_script(checkout(tmp_path, pins), script_env(tmp_path, SOCI_RELEASE_URL=release.url))
+    if right:
+        assert result.returncode == 0, result.stderr
+        assert "sha256 verified" in result.stderr and f" {VERSION} " in soci_version(result.stdout.strip())
+        assert installed(tmp_path) == [Path(result.stdout.strip()).parent.name]
+    else:
+        assert result.returncode == 3 and result.stdout == "" and installed(tmp_path) == []
+        (line,) = result.stderr.splitlines()
+        assert "refused" in line and WRONG_SHA256 in line and release.sha256 in line
 
 
 # -- the install phases that use it ------------------------------------------------------------------------------
