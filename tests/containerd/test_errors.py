@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from tests.fixtures.deps import unavailable
 from wrapper.containerd.channel import Connection
 from wrapper.containerd.client import ContainerdClient
 from wrapper.containerd.daemon import ManagedContainerd
@@ -126,10 +127,10 @@ def _run_unprivileged(setpriv: str, *args: str) -> subprocess.CompletedProcess[s
 
 def test_permission_denied_on_the_socket_mentions_root(containerd: ManagedContainerd) -> None:
     if os.geteuid() != 0:
-        pytest.skip("needs root to switch to an unprivileged user")
+        unavailable("needs root to switch to an unprivileged user")
     setpriv = "/usr/bin/setpriv"
     if not os.path.exists(setpriv):
-        pytest.skip("setpriv (util-linux) is not installed")
+        unavailable("setpriv (util-linux) is not installed")
     # Whether the unprivileged user can run this Python and import the package at all is decided by a run
     # of its own, so a failure of the run under test (a traceback saying "Permission denied") is never
     # mistaken for an unusable setup.
@@ -137,7 +138,7 @@ def test_permission_denied_on_the_socket_mentions_root(containerd: ManagedContai
         setpriv, "-c", "import os, wrapper.containerd.client, wrapper.core.errors; print(os.geteuid())"
     )
     if probe.returncode != 0 or probe.stdout.strip() != "65534":
-        pytest.skip(
+        unavailable(
             f"the unprivileged user cannot run this Python and import the package "
             f"(exit {probe.returncode}): {probe.stderr.strip()[-300:]}"
         )

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures.deps import unavailable
 from wrapper.core.errors import ExitCode
 from wrapper.core.models import (
     OCI_INDEX,
@@ -47,7 +48,7 @@ def _host_state() -> dict[str, Any]:
 
 def run_driver(tmp_path: Path, scenario: str, soci_bin: str | None = None) -> dict[str, Any]:
     if os.geteuid() != 0:
-        pytest.skip("needs root: creates mount and network namespaces (unshare -mn)")
+        unavailable("needs root: creates mount and network namespaces (unshare -mn)")
     for tool, package in (("unshare", "util-linux"), ("ip", "iproute2"), ("mount", "mount")):
         if shutil.which(tool) is None:
             pytest.fail(

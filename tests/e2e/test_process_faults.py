@@ -31,6 +31,7 @@ import pytest
 
 from tests.e2e.test_compat import check_v1_index, dangling_references
 from tests.e2e.test_index import our_containerd_processes
+from tests.fixtures.deps import unavailable
 from tests.fixtures.registry import RegistryServer
 from tests.helpers import MIB, ROOT, faulty_soci, push, seed_for
 from tests.imagefactory import Image, LayerSpec, build_image
@@ -424,7 +425,7 @@ def test_full_disk_in_the_work_dir(
     """--work-dir on a 5 MiB file system (a tmpfs in a private mount namespace): one line naming the directory
     (and, for containerd's store, the blob's size), a documented exit code, nothing left there."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("needs root and unshare(1) to mount a private tmpfs")
+        unavailable("needs root and unshare(1) to mount a private tmpfs")
     image = image_of(tmp_path, seed_for(request), layer_size)
     ref = push(registry, client, "faults/full", image)
     disk = tmp_path / "disk"

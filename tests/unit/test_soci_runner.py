@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from wrapper.core.errors import ExitCode, NothingToIndexError, SociError
+from wrapper.core.errors import ExitCode, MissingDependencyError, NothingToIndexError, SociError
 from wrapper.core.models import Platform
 from wrapper.soci.runner import PushAuth, Soci, _push_environment, classify_failure
 
@@ -85,9 +85,10 @@ def test_failures_keep_a_specific_exit_code(stderr: str, code: int) -> None:
 
 
 def test_missing_binary_is_a_missing_dependency(tmp_path: Path) -> None:
-    with pytest.raises(Exception) as info:
+    with pytest.raises(MissingDependencyError) as info:
         make(tmp_path).create("img")
-    assert getattr(info.value, "exit_code", None) == ExitCode.MISSING_DEPENDENCY
+    assert info.value.exit_code == ExitCode.MISSING_DEPENDENCY
+    assert "/nonexistent/soci" in str(info.value)
 
 
 def _proc_stat(pid: int) -> tuple[str, int] | None:
