@@ -59,9 +59,18 @@ _CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class FileSpec:
+    """A file of ``size`` pseudo-random bytes; or of ``data`` (its size is then ``len(data)``); or, with
+    ``link``, a symbolic link to that target (runnable images: a shell and the links that name it)."""
+
     path: str
     size: int
     mode: int = 0o644
+    data: bytes | None = None
+    link: str | None = None
+
+    def identity(self) -> tuple[object, ...]:
+        content = hashlib.sha256(self.data).hexdigest() if self.data is not None else None
+        return (self.path, self.size, self.mode, *((content, self.link) if content or self.link else ()))
 
 
 @dataclass(frozen=True)
@@ -77,9 +86,7 @@ class LayerSpec:
         return self.files or (FileSpec(f"data/blob-{self.seed}.bin", self.size_bytes),)
 
     def key(self) -> str:
-        text = json.dumps(
-            [self.size_bytes, [(f.path, f.size, f.mode) for f in self.file_list()], self.compress]
-        )
+        text = json.dumps([self.size_bytes, [f.identity() for f in self.file_list()], self.compress])
         return f"{self.seed}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
@@ -255,9 +262,15 @@ def build_layer(directory: Path, spec: LayerSpec, *, oci: bool = True) -> Layer:
                     if parent not in dirs:
                         dirs.add(parent)
                         tar.addfile(_tarinfo(parent + "/", 0, 0o755, tarfile.DIRTYPE))
-                tar.addfile(
-                    _tarinfo(file.path.strip("/"), file.size, file.mode), _RandomReader(rng, file.size)
-                )
+                name = file.path.strip("/")
+                if file.link is not None:
+                    link = _tarinfo(name, 0, 0o777, tarfile.SYMTYPE)
+                    link.linkname = file.link
+                    tar.addfile(link)
+                elif file.data is not None:
+                    tar.addfile(_tarinfo(name, len(file.data), file.mode), io.BytesIO(file.data))
+                else:
+                    tar.addfile(_tarinfo(name, file.size, file.mode), _RandomReader(rng, file.size))
         if gz is not None:
             gz.close()
     diff_id = uncompressed.digest
@@ -285,8 +298,10 @@ def build_image(
     platform: Platform = AMD64,
     oci: bool = True,
     annotations: dict[str, str] | None = None,
+    run_config: dict[str, Any] | None = None,
 ) -> Image:
-    """A single-platform image: the layers, a config with their diff_ids, and the manifest."""
+    """A single-platform image: the layers, a config with their diff_ids, and the manifest. ``run_config``
+    replaces keys of the config's ``config`` object (``Entrypoint``, ``Cmd``, ``Env``, ``WorkingDir``, ``User``)."""
     built = tuple(build_layer(directory, spec, oci=oci) for spec in layers)
     config_doc: dict[str, Any] = {
         "architecture": platform.architecture,
@@ -295,6 +310,7 @@ def build_image(
         "config": {
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
             "Cmd": ["/bin/sh"],
+            **(run_config or {}),
         },
         "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in built]},
         "history": [
