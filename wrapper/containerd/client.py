@@ -8,10 +8,14 @@ from contextlib import contextmanager
 from types import TracebackType
 
 from wrapper.containerd.channel import Connection, DaemonExitedError
+from wrapper.containerd.containers import ContainersService
 from wrapper.containerd.content import ContentService
+from wrapper.containerd.diff import DiffService
 from wrapper.containerd.images import ImagesService
 from wrapper.containerd.leases import LeasesService
 from wrapper.containerd.namespaces import NamespacesService
+from wrapper.containerd.snapshots import SnapshotsService
+from wrapper.containerd.tasks import TasksService
 from wrapper.containerd.version import VersionService
 from wrapper.core.errors import WrapperError
 
@@ -36,6 +40,13 @@ class ContainerdClient:
         self.images = ImagesService(self._conn)
         self.leases = LeasesService(self._conn)
         self.namespaces = NamespacesService(self._conn)
+        # Snapshots of "overlayfs" unless a call names another snapshotter (e.g. the proxy "soci"); on a
+        # proxy snapshotter's own socket, of that snapshotter.
+        self.snapshots = SnapshotsService(self._conn)
+        # Running containers (startup): needs a containerd with its tasks service (not the indexing config).
+        self.containers = ContainersService(self._conn)
+        self.tasks = TasksService(self._conn)
+        self.diff = DiffService(self._conn)
 
     @property
     def address(self) -> str:
