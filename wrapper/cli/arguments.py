@@ -265,6 +265,20 @@ def build_parser() -> _Parser:
         help="index and push even when the image already has an index",
     )
     add_index_verify_flag(g)
+    g.add_argument(
+        "--prefetch-file",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a file of the image the snapshotter fetches before it mounts the layer holding it (a prefetch "
+        "artifact per layer, in the index); repeatable",
+    )
+    g.add_argument(
+        "--prefetch-files-json",
+        type=Path,
+        metavar="FILE",
+        help='the same for every path of a JSON array in FILE (soci\'s format: ["/app/main.py", ...])',
+    )
     g.add_argument("--soci-bin", help="soci binary (default: $SOCI_BIN, .deps/bin/soci, then PATH)")
     g = p.add_argument_group("zTOC reuse (index only what is new)")
     g.add_argument(

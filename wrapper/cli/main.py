@@ -184,13 +184,14 @@ def _daemon_options(args: argparse.Namespace) -> Any:
 
 # -- commands ----------------------------------------------------------------------------------------------
 def cmd_index(args: argparse.Namespace, out: Console, err: Console, stdin: Callable[[], str]) -> int:
-    from wrapper.core.options import IndexRequest
+    from wrapper.core.options import IndexRequest, prefetch_list
     from wrapper.run.pipeline import run_index
 
     soci_version = args.soci_version or (_env("SOCI_WRAPPER_SOCI_VERSION") or "V1").upper()
     if soci_version not in ("V1", "V2"):
         raise UsageError(f"invalid SOCI version {soci_version!r}", hint="use V1 or V2")
     output_tag = args.output_tag or _env("SOCI_WRAPPER_OUTPUT_TAG")
+    prefetch = prefetch_list(args.prefetch_file, args.prefetch_files_json)  # read now: bad input exits 2
     reporter = make_reporter(quiet=args.quiet)
     if soci_version == "V1" and output_tag:
         reporter.warn("--output-tag is ignored for SOCI index manifest v1")
@@ -214,6 +215,7 @@ def cmd_index(args: argparse.Namespace, out: Console, err: Console, stdin: Calla
             debug=args.debug,
             reuse=_reuse_options(args, reference),
             overlap=args.overlap,
+            prefetch_files=prefetch,
         )
 
     if args.from_oci is not None:
@@ -271,6 +273,8 @@ def cmd_index(args: argparse.Namespace, out: Console, err: Console, stdin: Calla
                 + (f", {reused} of them reused" if reused else "")
                 + f", {len(idx.layers_skipped)} skipped ({human_size(skipped)})",
             )
+        if prefetch_line := idx.prefetch_summary():
+            table.add_row("", prefetch_line)
     for skip in report.not_indexed:
         table.add_row(f"no index {skip.platform}", skip.reason)
     if report.push and report.push.get("attempts", 1) > 1:
@@ -324,6 +328,8 @@ def _index_from_oci(
     table.add_row("platforms", ", ".join(report.platforms))
     for idx in report.indexes:
         table.add_row(f"index {idx.platform}", idx.soci_index_digest)
+        if prefetch_line := idx.prefetch_summary():
+            table.add_row("", prefetch_line)
     for skip in report.not_indexed:
         table.add_row(f"no index {skip.platform}", skip.reason)
     if report.pushed_tag:

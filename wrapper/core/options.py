@@ -3,6 +3,8 @@ run's files come from. Frozen dataclasses, checked on construction (a UsageError
 
 from __future__ import annotations
 
+import json
+import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +96,9 @@ class IndexRequest:
     # Index each large layer as soon as it is downloaded (wrapper.soci.prebuild), not after the whole pull: "auto"
     # unless the pull is fast enough to keep the CPUs busy on its own.
     overlap: Overlap = "auto"
+    # Files the snapshotter fetches before it mounts each layer (--prefetch-file, --prefetch-files-json): soci
+    # adds a prefetch artifact per layer holding any of them. Empty: no prefetch artifacts.
+    prefetch_files: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.soci_version == "V2" and not self.output_tag:
@@ -102,3 +107,36 @@ class IndexRequest:
             )
         if self.span_size is not None and self.span_size <= 0:
             raise UsageError("--span-size must be a positive number of bytes")
+
+
+def prefetch_list(files: Sequence[str], json_file: Path | None) -> tuple[str, ...]:
+    """The prefetch list of a run: ``--prefetch-file`` paths, then those of ``--prefetch-files-json`` (a JSON
+    array of path strings, soci's format). Read now, before any network work: a missing or malformed file is
+    a UsageError. Each path is stripped of surrounding blanks and empty ones are dropped, as soci does."""
+    paths = list(files)
+    if json_file is not None:
+        try:
+            doc = json.loads(json_file.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise UsageError(
+                f"cannot read --prefetch-files-json {json_file}: {exc.strerror or exc}",
+                hint="pass a JSON file holding an array of file paths",
+            ) from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise UsageError(
+                f"--prefetch-files-json {json_file} is not valid JSON ({exc})",
+                hint='it must hold an array of file paths, e.g. ["/app/main.py", "/usr/lib/libssl.so.3"]',
+            ) from None
+        if not isinstance(doc, list) or not all(isinstance(x, str) for x in doc):
+            what = "an array with a non-string element" if isinstance(doc, list) else type(doc).__name__
+            raise UsageError(
+                f"--prefetch-files-json {json_file} holds {what}, not an array of file paths",
+                hint='e.g. ["/app/main.py", "/usr/lib/libssl.so.3"]',
+            )
+        paths += doc
+    return tuple(p.strip() for p in paths if p.strip())
+
+
+def prefetch_path(path: str) -> str:
+    """A listed path as soci matches it against a layer's files: cleaned, without a leading slash."""
+    return posixpath.normpath("/" + path).lstrip("/")

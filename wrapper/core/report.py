@@ -18,18 +18,35 @@ from wrapper.core.progress import Reporter, human_size, short_digest
 class SociEvent:
     """One thing soci reported while it worked.
 
-    ``kind``: ``built``/``reused``/``skipped`` (a layer's zTOC, from create and convert), ``index`` (push
-    started on a SOCI index), ``uploading``/``uploaded``/``exists`` (push: an artifact), ``retry`` (the
-    wrapper is about to run a failed push again; ``detail`` says why).
+    ``kind``: ``built``/``reused``/``skipped`` (a layer's zTOC, from create and convert), ``prefetch`` (a
+    prefetch artifact made for layer ``digest``; ``detail`` is its digest), ``prefetch-missing`` (``detail``, a
+    listed file, is in no indexed layer), ``index`` (push started on a SOCI index),
+    ``uploading``/``uploaded``/``exists`` (push: an artifact), ``retry`` (the wrapper is about to run a
+    failed push again; ``detail`` says why).
     """
 
-    kind: Literal["built", "reused", "skipped", "index", "uploading", "uploaded", "exists", "retry"]
+    kind: Literal[
+        "built",
+        "reused",
+        "skipped",
+        "prefetch",
+        "prefetch-missing",
+        "index",
+        "uploading",
+        "uploaded",
+        "exists",
+        "retry",
+    ]
     digest: str = ""
     ztoc: str = ""
     detail: str = ""
 
 
 EventSink = Callable[[SociEvent], None]
+
+# A SOCI index's prefetch artifact: {"version": "1.0", "prefetch_spans": [{"start_span": N, "end_span": M}]},
+# tied to its layer by the layer digest annotation (soci v0.15.0, soci/prefetch.go).
+SOCI_PREFETCH = "application/vnd.amazon.soci.prefetch.v1+json"
 
 
 @dataclass
@@ -55,6 +72,17 @@ class LayerReport:
 
 
 @dataclass
+class PrefetchArtifact:
+    """A prefetch artifact of a SOCI index: which spans of ``layer`` the snapshotter fetches before it mounts
+    the layer (``ranges`` runs of consecutive spans, ``spans`` in all)."""
+
+    digest: str
+    layer: str
+    spans: int
+    ranges: int
+
+
+@dataclass
 class PlatformIndex:
     platform: str
     manifest_digest: str
@@ -63,6 +91,26 @@ class PlatformIndex:
     layers_indexed: list[LayerInfo] = field(default_factory=list)
     layers_skipped: list[LayerInfo] = field(default_factory=list)
     layers: list[LayerReport] = field(default_factory=list)
+    # With a prefetch list: the index's prefetch artifacts, and the listed files found in no indexed layer
+    # (as soci matches them: cleaned, without a leading slash).
+    prefetch: list[PrefetchArtifact] = field(default_factory=list)
+    prefetch_not_found: list[str] = field(default_factory=list)
+
+    def prefetch_summary(self, shown: int = 3) -> str | None:
+        """One line for the human summary: the prefetch artifacts and the listed files in no indexed layer."""
+        if not self.prefetch and not self.prefetch_not_found:
+            return None
+        spans = sum(p.spans for p in self.prefetch)
+        n = len(self.prefetch)
+        text = f"prefetch: {n} artifact{'' if n == 1 else 's'} ({spans} span{'' if spans == 1 else 's'})"
+        if missing := self.prefetch_not_found:
+            names = ", ".join(missing[:shown]) + (
+                f" and {len(missing) - shown} more" if len(missing) > shown else ""
+            )
+            text += (
+                f"; {len(missing)} listed file{'' if len(missing) == 1 else 's'} in no indexed layer: {names}"
+            )
+        return text
 
 
 @dataclass
@@ -92,9 +140,24 @@ class IndexReport:
     push: dict[str, Any] | None = None
     reason: str | None = None  # why nothing was done (not-an-image)
     work_dir: str | None = None
+    prefetch_files: int = 0  # paths in the prefetch list (--prefetch-file, --prefetch-files-json)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+MAX_MISSING_LINES = 5  # listed files in no indexed layer shown as progress; the report has them all
+
+
+def note_missing(reporter: Reporter, noted: list[str], path: str) -> None:
+    """Note ``path``, a listed file soci found in no indexed layer, in ``noted``; show the first few."""
+    if path in noted:
+        return
+    noted.append(path)
+    if len(noted) <= MAX_MISSING_LINES:
+        reporter.info(f"    prefetch: {path} is in no indexed layer")
+    elif len(noted) == MAX_MISSING_LINES + 1:
+        reporter.info("    prefetch: more listed files are in no indexed layer (the report has them all)")
 
 
 class LayerEvents:
@@ -105,8 +168,19 @@ class LayerEvents:
         self.key = key
         self.sizes = {layer.digest: layer.size for layer in image.layers}
         self.layers: dict[str, SociEvent] = {}
+        self.prefetch: dict[str, str] = {}  # layer digest -> its prefetch artifact
+        self.missing: list[str] = []  # listed files in no indexed layer
 
     def __call__(self, event: SociEvent) -> None:
+        if event.kind == "prefetch" and event.digest in self.sizes:
+            self.prefetch[event.digest] = event.detail
+            self.reporter.info(
+                f"    prefetch artifact for layer {short_digest(event.digest)} -> {short_digest(event.detail)}"
+            )
+            return
+        if event.kind == "prefetch-missing":
+            note_missing(self.reporter, self.missing, event.detail)
+            return
         if event.kind not in ("built", "reused", "skipped") or event.digest not in self.sizes:
             return
         self.layers[event.digest] = event
@@ -129,14 +203,17 @@ def describe_index(
     events: LayerEvents,
     sources: dict[str, str] | None = None,
     during_pull: Collection[str] = (),
+    read_blob: Callable[[str], bytes] | None = None,
 ) -> PlatformIndex:
-    """What a SOCI index manifest (``body``) covers of ``image``, with what soci said of each layer."""
+    """What a SOCI index manifest (``body``) covers of ``image``, with what soci said of each layer; its
+    prefetch artifacts are read with ``read_blob``."""
     doc = json.loads(body)
-    ztocs = {
-        layer.get("annotations", {}).get(SOCI_LAYER_DIGEST_ANNOTATION): layer.get("digest")
-        for layer in doc.get("layers", [])
-    }
-    out = PlatformIndex(str(image.platform), image.manifest.digest, digest, ztocs=len(doc.get("layers", [])))
+    entries = [x for x in doc.get("layers", []) if x.get("mediaType") != SOCI_PREFETCH]
+    ztocs = {x.get("annotations", {}).get(SOCI_LAYER_DIGEST_ANNOTATION): x.get("digest") for x in entries}
+    out = PlatformIndex(str(image.platform), image.manifest.digest, digest, ztocs=len(entries))
+    if read_blob is not None:
+        out.prefetch = prefetch_artifacts(doc, read_blob)
+    out.prefetch_not_found = list(events.missing)
     for layer in image.layers:
         target = out.layers_indexed if layer.digest in ztocs else out.layers_skipped
         target.append(LayerInfo(layer.digest, layer.size))
@@ -158,6 +235,25 @@ def describe_index(
         else:
             reason = event.detail if event is not None and event.detail else "under --min-layer-size"
             out.layers.append(LayerReport(layer.digest, layer.size, "skipped", reason=reason))
+    return out
+
+
+def prefetch_layers(doc: dict[str, Any]) -> dict[str, str]:
+    """A SOCI index manifest's prefetch artifacts: layer digest -> artifact digest."""
+    return {
+        str((x.get("annotations") or {}).get(SOCI_LAYER_DIGEST_ANNOTATION)): str(x.get("digest"))
+        for x in doc.get("layers", [])
+        if x.get("mediaType") == SOCI_PREFETCH
+    }
+
+
+def prefetch_artifacts(doc: dict[str, Any], read_blob: Callable[[str], bytes]) -> list[PrefetchArtifact]:
+    """The prefetch artifacts of SOCI index manifest ``doc``, each read with ``read_blob`` to count its spans."""
+    out: list[PrefetchArtifact] = []
+    for layer, digest in prefetch_layers(doc).items():
+        ranges = json.loads(read_blob(digest)).get("prefetch_spans") or []
+        spans = sum(int(r.get("end_span", 0)) - int(r.get("start_span", 0)) + 1 for r in ranges)
+        out.append(PrefetchArtifact(digest, layer, spans=spans, ranges=len(ranges)))
     return out
 
 

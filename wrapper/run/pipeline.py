@@ -35,12 +35,12 @@ from wrapper.core.options import (
 )
 from wrapper.core.progress import QuietReporter, Reporter, human_size, short_digest
 from wrapper.core.reference import Reference
-from wrapper.core.report import IndexReport, PlatformSkipped, Stages
+from wrapper.core.report import IndexReport, PlatformIndex, PlatformSkipped, Stages
 from wrapper.image.pull import Puller, PullResult
 from wrapper.image.resolve import resolve_image
 from wrapper.registry.client import RegistryClient
 from wrapper.run.session import Session, check_containerd, containerd_session, open_registry, run_directory
-from wrapper.soci.existing import find_existing_indexes, soci_artifact
+from wrapper.soci.existing import find_existing_indexes, prefetch_of_indexes, soci_artifact
 from wrapper.soci.indexing import Indexing
 from wrapper.soci.prebuild import Prebuilder, fast_pull_rate
 from wrapper.soci.reuse import DEFAULT_SPAN_SIZE, Reusable, find_reusable
@@ -107,18 +107,30 @@ def index_image(
             status="indexed",
             platforms=[str(p.platform) for p in image.selected],
             stages=stages.seconds,
+            prefetch_files=len(request.prefetch_files),
         )
         # Platforms whose layers are all under --min-layer-size get no index: known from the manifest alone.
         image = _only_indexable(image, request.pull.min_layer_size, report, reporter)
+        existing: list[PlatformIndex] | None = None
+        existing_prefetch: dict[str, dict[str, str]] = {}
         if not request.force:
             with stages("check", "looking for an existing SOCI index"):
                 existing = find_existing_indexes(registry, image, request.soci_version, request.output_tag)
-            if existing is not None:
+                if existing is not None and request.prefetch_files:
+                    existing_prefetch = prefetch_of_indexes(registry, ref, existing)
+            if existing is not None and not request.prefetch_files:
                 report.status = "already-indexed"
                 report.indexes = existing
                 if request.soci_version == "V2":
                     report.pushed_tag = request.output_tag
                 return report
+            if existing is not None:
+                # With a prefetch list, the index is made again (from the existing index's zTOCs) and pushed
+                # only if its prefetch artifacts differ from the registry's (wrapper.soci.existing).
+                reporter.info(
+                    "    the image has a SOCI index: checking its prefetch artifacts against the list"
+                )
+                request = _reusing_existing(request, ref)
 
         push_auth = _push_auth(registry, ref) if request.soci_version == "V1" else None
         # containerd and this image's directory, from here on (started on first need)
@@ -156,9 +168,33 @@ def index_image(
             with stages("pull", announce=False):  # the puller announces itself, with what it fetches
                 pulled = Puller(registry, client, pull_options, reporter, on_stored, on_bytes).run(image)
             report.pull = pulled.summary()
-            indexing = Indexing(request, pulled, soci, report, stages, reusable, early)
+            indexing = Indexing(
+                request,
+                pulled,
+                soci,
+                report,
+                stages,
+                reusable,
+                early,
+                existing=existing,
+                existing_prefetch=existing_prefetch,
+            )
             _index_and_push(indexing, push_auth, client, registry, image.index_body)
     return report
+
+
+def _reusing_existing(request: IndexRequest, ref: Reference) -> IndexRequest:
+    """``request`` taking zTOCs from the image's existing index too (V1: its referrers; V2: the SOCI-enabled
+    image at --output-tag), so that making it again for the comparison pulls no large layer."""
+    if not request.reuse.enabled:
+        return request
+    own = (
+        ref
+        if request.soci_version == "V1"
+        else Reference(ref.registry, ref.repository, tag=request.output_tag)
+    )
+    reuse = dataclasses.replace(request.reuse, reuse_from=(own, *request.reuse.reuse_from))
+    return dataclasses.replace(request, reuse=reuse)
 
 
 def _soci(binary: str, client: ContainerdClient, run_dir: Path, request: IndexRequest) -> Soci:
@@ -262,6 +298,7 @@ def run_index_from_oci(
                 status="indexed",
                 platforms=[str(p.platform) for p in image.selected],
                 stages=stages.seconds,
+                prefetch_files=len(request.prefetch_files),
             )
             indexable = _only_indexable(image, request.pull.min_layer_size, report, reporter)
             push_auth = _push_auth(registry, ref) if request.soci_version == "V1" else None

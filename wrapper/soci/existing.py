@@ -14,7 +14,8 @@ from wrapper.core.models import (
     Descriptor,
     ResolvedImage,
 )
-from wrapper.core.report import PlatformIndex
+from wrapper.core.reference import Reference
+from wrapper.core.report import PlatformIndex, prefetch_layers
 from wrapper.registry.client import Manifest, RegistryClient
 
 
@@ -63,6 +64,23 @@ def find_existing_indexes(
             return None
         found.append(match)
     return found
+
+
+def prefetch_of_indexes(
+    registry: RegistryClient, ref: Reference, indexes: list[PlatformIndex]
+) -> dict[str, dict[str, str]]:
+    """The prefetch artifacts of each of ``indexes`` (SOCI index manifests in ``ref``'s repository): platform ->
+    layer digest -> artifact digest.
+
+    This is what a run with a prefetch list compares its own index with: the image counts as already indexed
+    only if the index soci makes now, for the requested list and from the same zTOCs, carries the same
+    prefetch artifacts for every platform (they are soci's deterministic JSON of the spans holding the listed
+    files: the same artifacts mean the same spans fetched before each mount). An index made without a list,
+    or with another one that selects other spans, is therefore not "already indexed"."""
+    return {
+        idx.platform: prefetch_layers(registry.get_manifest(ref, idx.soci_index_digest).json())
+        for idx in indexes
+    }
 
 
 def soci_artifact(top: Manifest) -> str | None:

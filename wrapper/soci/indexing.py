@@ -4,6 +4,10 @@
 * V2: ``soci convert``, then the SOCI-enabled image is brought into containerd (wrapper.soci.converted) and pushed
   by the project's own push (wrapper.image.push): blobs first, manifests, the tag last.
 
+With a prefetch list (``request.prefetch_files``) soci adds a prefetch artifact per layer holding listed files;
+the report lists them per platform, with the listed files found in no indexed layer. When the registry already
+had an index for the image (``existing``), the new one is pushed only if its prefetch artifacts differ.
+
 Both use soci's content store (``--content-store soci``): with containerd's, soci v0.15.0 loses every
 platform's v1 index but the last to containerd's garbage collector, and only there can ``soci rebuild-db``
 hand soci zTOCs reused from elsewhere (wrapper.soci.reuse).
@@ -19,10 +23,19 @@ from dataclasses import dataclass, field
 from wrapper.containerd.client import ContainerdClient
 from wrapper.core.errors import NothingToIndexError, SociError
 from wrapper.core.models import SOCI_INDEX_V2, Descriptor, Platform
-from wrapper.core.options import IndexRequest
+from wrapper.core.options import IndexRequest, prefetch_path
 from wrapper.core.progress import short_digest
 from wrapper.core.reference import Reference
-from wrapper.core.report import IndexReport, LayerEvents, PlatformSkipped, SociEvent, Stages, describe_index
+from wrapper.core.report import (
+    IndexReport,
+    LayerEvents,
+    PlatformIndex,
+    PlatformSkipped,
+    SociEvent,
+    Stages,
+    describe_index,
+    note_missing,
+)
 from wrapper.image.pull import PullResult
 from wrapper.image.push import ImagePusher
 from wrapper.registry.client import RegistryClient
@@ -47,6 +60,11 @@ class Indexing:
     # zTOCs being built while the pull went on (wrapper.soci.prebuild), and those it built (by layer digest).
     prebuild: Prebuilder | None = None
     prebuilt: dict[str, Reusable] = field(default_factory=dict)
+    # The SOCI indexes the registry already holds for the image, and their prefetch artifacts (platform ->
+    # layer digest -> artifact digest): a run with a prefetch list pushes its index only if its prefetch
+    # artifacts differ from those (wrapper.soci.existing).
+    existing: list[PlatformIndex] | None = None
+    existing_prefetch: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def hand_over(self) -> None:
         """zTOCs found elsewhere, and those built while the pull went on, go into soci's store with an index
@@ -91,6 +109,51 @@ class Indexing:
         self.report.not_indexed.append(PlatformSkipped(str(platform), manifest, NO_ZTOC))
         self.stages.reporter.warn(f"{platform}: {NO_ZTOC}; no SOCI index")
 
+    # -- prefetch -----------------------------------------------------------------------------------------
+    def _unchanged(self) -> bool:
+        """With a prefetch list, over an image the registry already has an index for: whether the index soci
+        made now carries the same prefetch artifacts (per platform and layer) as the one in the registry. Then
+        nothing is pushed and the image is reported as already indexed (with that index's digests)."""
+        if self.existing is None:
+            return False
+        old = {idx.platform: idx for idx in self.existing}
+        new = {idx.platform: idx for idx in self.report.indexes}
+        if set(new) != set(old) or any(
+            {p.layer: p.digest for p in idx.prefetch} != self.existing_prefetch.get(platform, {})
+            for platform, idx in new.items()
+        ):
+            return False
+        self.report.status = "already-indexed"
+        self.report.indexes = [
+            dataclasses.replace(
+                idx,
+                soci_index_digest=old[idx.platform].soci_index_digest,
+                manifest_digest=old[idx.platform].manifest_digest,
+            )
+            for idx in self.report.indexes
+        ]
+        self.stages.reporter.info("    the registry's index has the same prefetch artifacts: nothing to push")
+        return True
+
+    def _missing_by_platform(self, missing: list[str]) -> None:
+        """``soci convert`` warns once per platform of a listed file in none of its indexed layers, without
+        naming the platform: with one platform (or a file missing on all) that is enough; otherwise the files
+        of each platform's zTOCs (``soci ztoc info``) tell which platforms lack it."""
+        indexes = self.report.indexes
+        unclear = [p for p in dict.fromkeys(missing) if 0 < missing.count(p) < len(indexes)]
+        names: dict[str, set[str]] = {}
+        for idx in indexes:
+            if unclear and idx.platform not in names:
+                names[idx.platform] = {
+                    prefetch_path(str(f.get("filename", "")))
+                    for layer in idx.layers
+                    if layer.ztoc
+                    for f in _files(self.soci.ztoc_info(layer.ztoc))
+                }
+            idx.prefetch_not_found = [
+                p for p in dict.fromkeys(missing) if p not in unclear or p not in names[idx.platform]
+            ]
+
     # -- V1 ----------------------------------------------------------------------------------------------
     def v1(self, push_auth: PushAuth) -> None:
         # One `soci create` per platform: soci stops at the first platform with nothing to index (a layer
@@ -111,6 +174,7 @@ class Indexing:
                         platforms=[image.platform],
                         span_size=request.span_size,
                         min_layer_size=request.pull.min_layer_size,
+                        prefetch_files=request.prefetch_files,
                         on_event=self._as_built(events),
                     )
                 except NothingToIndexError as exc:
@@ -124,12 +188,16 @@ class Indexing:
                     raise SociError(f"soci create succeeded but recorded no index for {image.platform}")
                 body = soci.read_blob(digests[0])
                 self.report.indexes.append(
-                    describe_index(body, digests[0], image, events, self._sources, self.prebuilt)
+                    describe_index(
+                        body, digests[0], image, events, self._sources, self.prebuilt, soci.read_blob
+                    )
                 )
                 indexed.append(image.platform)
         if not indexed:
             assert nothing is not None
             raise nothing
+        if self._unchanged():
+            return
         with self.stages("push", f"soci push to {pulled.reference.registry}"):
             key = "push"
             reporter.steps_started(key, "soci push")
@@ -159,8 +227,14 @@ class Indexing:
                 key = "convert"
                 by_layer = {layer.digest: image for image in pulled.selected for layer in image.layers}
                 events = {str(image.platform): LayerEvents(reporter, key, image) for image in pulled.selected}
+                missing: list[str] = []  # one warning per platform that lacks the file (soci names none)
+                noted: list[str] = []
 
                 def on_event(event: SociEvent) -> None:
+                    if event.kind == "prefetch-missing":
+                        missing.append(event.detail)
+                        note_missing(reporter, noted, event.detail)
+                        return
                     image = by_layer.get(event.digest)
                     if image is not None:
                         events[str(image.platform)](event)
@@ -172,6 +246,7 @@ class Indexing:
                     platforms=[p.platform for p in pulled.selected],
                     span_size=request.span_size,
                     min_layer_size=request.pull.min_layer_size,
+                    prefetch_files=request.prefetch_files,
                     on_event=self._as_built(on_event),
                 )
                 reporter.steps_finished(key, "; ".join(f"{p}: {e.summary()}" for p, e in events.items()))
@@ -199,9 +274,19 @@ class Indexing:
                     platform_events = events[str(image.platform)]
                     self.report.indexes.append(
                         describe_index(
-                            body, soci_entry.digest, image, platform_events, self._sources, self.prebuilt
+                            body,
+                            soci_entry.digest,
+                            image,
+                            platform_events,
+                            self._sources,
+                            self.prebuilt,
+                            soci.read_blob,
                         )
                     )
+                self._missing_by_platform(missing)
+            if self._unchanged():
+                self.report.pushed_tag = request.output_tag
+                return
             with self.stages("push", f"{dest}"):
                 pushed = ImagePusher(client, registry, reporter=reporter).push(str(dest), dest)
         self.report.pushed_tag = request.output_tag
@@ -212,3 +297,8 @@ class Indexing:
             "blobs_skipped": len(pushed.blobs_skipped),
             "bytes_uploaded": pushed.bytes_uploaded,
         }
+
+
+def _files(info: dict[str, object]) -> list[dict[str, object]]:
+    files = info.get("files")
+    return [f for f in files if isinstance(f, dict)] if isinstance(files, list) else []

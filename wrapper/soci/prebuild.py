@@ -21,7 +21,9 @@ they made a 300 MiB one 12 % faster. So with ``max_pull_rate`` (``--overlap auto
 while the pull so far runs under that rate; the others are left to the run's own soci call.
 
 A zTOC depends only on the layer's bytes and the span size, so it is the zTOC the run's own soci create would
-have built (the equality tests check it). Anything that goes wrong here is logged (``--debug``) and left to
+have built (the equality tests check it). A prefetch list is not given to these one-layer builds: soci makes a
+layer's prefetch artifact from its zTOC whether it built it or took it as existing, so the run's own soci call
+adds them (tests/e2e/test_prefetch.py). Anything that goes wrong here is logged (``--debug``) and left to
 the run's own soci call, which builds what is missing and reports failures as it always does: this module only
 ever saves time.
 """

@@ -70,6 +70,13 @@ _VERSION_RE = re.compile(r"\bv?(\d+)\.(\d+)\.(\d+)\S*")
 # What soci v0.15.0 prints on stdout as it goes (soci/soci_index.go, cmd/soci/commands/push.go).
 _ZTOC_BUILT = re.compile(r"^layer (sha256:[a-f0-9]{64}) -> ztoc (sha256:[a-f0-9]{64})( \(already exists\))?$")
 _ZTOC_SKIPPED = re.compile(r"^ztoc skipped - layer (sha256:[a-f0-9]{64}) \(([^)]*)\) (.*)$")
+# soci create/convert with a prefetch list: an artifact per layer holding listed files (stdout), and a warning
+# for each listed file in no indexed layer (stderr, logrus: `... level=warning msg="prefetch file P not found in
+# any layer"`; the path as soci matches it: cleaned, without its leading slash).
+_PREFETCH_MADE = re.compile(
+    r"^Created prefetch artifact for layer (sha256:[a-f0-9]{64}): (sha256:[a-f0-9]{64})$"
+)
+_PREFETCH_MISSING = re.compile(r'level=warning msg="prefetch file ((?:[^"\\]|\\.)*) not found in any layer"')
 _PUSH_LINE = re.compile(
     r"^(pushing soci index|pushing artifact|successfully pushed artifact|skipped artifact) with digest: "
     r"(sha256:[a-f0-9]{64})$"
@@ -150,6 +157,10 @@ def parse_event(line: str) -> SociEvent | None:
         return SociEvent("reused" if m.group(3) else "built", m.group(1), m.group(2))
     if m := _ZTOC_SKIPPED.match(line):
         return SociEvent("skipped", m.group(1), detail=m.group(3))
+    if m := _PREFETCH_MADE.match(line):
+        return SociEvent("prefetch", m.group(1), detail=m.group(2))
+    if m := _PREFETCH_MISSING.search(line):
+        return SociEvent("prefetch-missing", detail=_unquote(m.group(1)))
     if m := _PUSH_LINE.match(line):
         kind = {
             "pushing soci index": "index",
@@ -159,6 +170,15 @@ def parse_event(line: str) -> SociEvent | None:
         }[m.group(1)]
         return SociEvent(kind, m.group(2))  # type: ignore[arg-type]
     return None
+
+
+def _unquote(text: str) -> str:
+    """A string as logrus quoted it inside ``msg="..."`` (Go's escapes; JSON's cover the usual ones)."""
+    try:
+        value = json.loads(f'"{text}"')
+    except ValueError:
+        return text
+    return value if isinstance(value, str) else text
 
 
 @dataclass(frozen=True)
@@ -295,13 +315,36 @@ class Soci:
         span_size: int | None = None,
         min_layer_size: int | None = None,
         force: bool = False,
+        prefetch_files: Sequence[str] = (),
         on_event: EventSink | None = None,
     ) -> None:
-        """``soci create``: a SOCI index manifest v1 (a zTOC per large layer) for image record ``ref``."""
+        """``soci create``: a SOCI index manifest v1 (a zTOC per large layer) for image record ``ref``, with a
+        prefetch artifact per layer holding any of ``prefetch_files``."""
         args = ["create", *_platform_args(platforms, all_platforms), *_size_args(span_size, min_layer_size)]
         if force:
             args.append("--force")
-        self._run([*args, ref], what="soci create", min_layer_size=min_layer_size, on_event=on_event)
+        with self._prefetch_args(prefetch_files) as prefetch:
+            self._run(
+                [*args, *prefetch, ref], what="soci create", min_layer_size=min_layer_size, on_event=on_event
+            )
+
+    @contextlib.contextmanager
+    def _prefetch_args(self, files: Sequence[str]) -> Iterator[list[str]]:
+        """``--prefetch-files-json FILE`` for ``files`` (none for an empty list): always a file, whatever the
+        list's length (no argv limit), removed after the call."""
+        if not files:
+            yield []
+            return
+        where = self.tmp_dir or self.root
+        where.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="prefetch-", suffix=".json", dir=where)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump(list(files), out)
+            yield ["--prefetch-files-json", name]
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
 
     def rebuild_db(self) -> None:
         """``soci rebuild-db``: record in soci's artifacts database the v1 indexes (and their zTOCs) found in
@@ -418,11 +461,19 @@ class Soci:
         all_platforms: bool = False,
         span_size: int | None = None,
         min_layer_size: int | None = None,
+        prefetch_files: Sequence[str] = (),
         on_event: EventSink | None = None,
     ) -> None:
-        """``soci convert``: a SOCI-enabled image (index manifest v2) as new image record ``dst``."""
+        """``soci convert``: a SOCI-enabled image (index manifest v2) as new image record ``dst``, with a
+        prefetch artifact per layer holding any of ``prefetch_files``."""
         args = ["convert", *_platform_args(platforms, all_platforms), *_size_args(span_size, min_layer_size)]
-        self._run([*args, src, dst], what="soci convert", min_layer_size=min_layer_size, on_event=on_event)
+        with self._prefetch_args(prefetch_files) as prefetch:
+            self._run(
+                [*args, *prefetch, src, dst],
+                what="soci convert",
+                min_layer_size=min_layer_size,
+                on_event=on_event,
+            )
 
     def version(self) -> str:
         return soci_version(self.binary)
@@ -492,7 +543,7 @@ class Soci:
         assert proc.stdout is not None and proc.stderr is not None
         readers = [
             threading.Thread(target=_read_lines, args=(proc.stdout, stdout, on_event), daemon=True),
-            threading.Thread(target=_read_lines, args=(proc.stderr, stderr, None), daemon=True),
+            threading.Thread(target=_read_lines, args=(proc.stderr, stderr, on_event), daemon=True),
         ]
         try:  # from here on, a signal (KeyboardInterrupt) stops soci's process group whenever it comes
             _SIGNALS.release(held)  # raises a signal that came while soci was starting
