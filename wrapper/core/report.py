@@ -141,6 +141,7 @@ class IndexReport:
     reason: str | None = None  # why nothing was done (not-an-image)
     work_dir: str | None = None
     prefetch_files: int = 0  # paths in the prefetch list (--prefetch-file, --prefetch-files-json)
+    warnings: list[str] = field(default_factory=list)  # also printed as the run goes (not with --json alone)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -212,6 +212,23 @@ class Indexing:
             outcome = soci.push(pulled.image_name, push_auth, platforms=indexed, on_event=on_push)
             reporter.steps_finished(key, f"{outcome.attempts} attempt{'s' if outcome.attempts > 1 else ''}")
         self.report.push = {"tool": "soci push", "attempts": outcome.attempts, "seconds": outcome.seconds}
+        self._warn_superseded()
+
+    def _warn_superseded(self) -> None:
+        """A V1 index pushed beside one the registry already listed for the image (its prefetch artifacts
+        differed): soci-snapshotter takes the first SOCI index listed for a manifest, the older one, so the new
+        one (and its prefetch artifacts) is used only once the older one is deleted from the repository."""
+        for old in self.existing or ():
+            new = next((i for i in self.report.indexes if i.platform == old.platform), None)
+            if new is None or new.soci_index_digest == old.soci_index_digest:
+                continue
+            text = (
+                f"{old.platform}: the registry already listed SOCI index {old.soci_index_digest} for this image; "
+                f"soci-snapshotter uses the first index listed for a manifest, so {new.soci_index_digest} and its "
+                "prefetch artifacts take effect only once the older indexes are deleted from the repository"
+            )
+            self.report.warnings.append(text)
+            self.stages.reporter.warn(text)
 
     # -- V2 ----------------------------------------------------------------------------------------------
     def v2(self, client: ContainerdClient, registry: RegistryClient, original_index: bytes | None) -> None:
