@@ -9,10 +9,27 @@ import logging
 import pytest
 
 from tests.helpers import run_cli
-from wrapper.cli.main import _normalise_argv, _Plain, _resolve_index_reference, build_parser, parse_size
+from wrapper.cli.arguments import build_parser
+from wrapper.cli.main import _normalise_argv, _Plain
+from wrapper.cli.requests import ImageArguments, index_reference, resolve_image, verify_request
+from wrapper.cli.values import parse_size
 from wrapper.core.errors import ExitCode, UsageError
+from wrapper.core.models import Platform
+from wrapper.core.reference import Reference
 
 DIGEST = "sha256:" + "ab" * 32
+ECR_VARIABLES = (
+    "SOCI_WRAPPER_IMAGE",
+    "SOCI_WRAPPER_REPO",
+    "SOCI_WRAPPER_DIGEST",
+    "SOCI_WRAPPER_TAG",
+    "SOCI_WRAPPER_REGION",
+    "SOCI_WRAPPER_ACCOUNT",
+    "SOCI_WRAPPER_PLATFORMS",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ACCOUNT_ID",
+)
 
 
 def parse(*args: str) -> argparse.Namespace:
@@ -33,7 +50,7 @@ def test_seed_form_maps_to_ecr_reference() -> None:
         "--repo", "team/app", "--digest", DIGEST, "--region", "eu-west-1", "--account", "123456789012"
     )
     assert args.command == "index"
-    ref = _resolve_index_reference(args)
+    ref = index_reference(args)
     assert str(ref) == f"123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/app@{DIGEST}"
 
 
@@ -42,10 +59,10 @@ def test_seed_form_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOCI_WRAPPER_DIGEST", DIGEST)
     monkeypatch.setenv("AWS_REGION", "cn-north-1")
     monkeypatch.setenv("SOCI_WRAPPER_ACCOUNT", "123456789012")
-    ref = _resolve_index_reference(parse())
+    ref = index_reference(parse())
     assert ref.registry == "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn"
     # flags win over the environment
-    ref = _resolve_index_reference(parse("--region", "us-east-2"))
+    ref = index_reference(parse("--region", "us-east-2"))
     assert ref.registry == "123456789012.dkr.ecr.us-east-2.amazonaws.com"
 
 
@@ -62,7 +79,7 @@ def test_incomplete_input_is_a_usage_error(args: tuple[str, ...], monkeypatch: p
     for var in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCOUNT_ID"):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(UsageError):
-        _resolve_index_reference(parse(*args))
+        index_reference(parse(*args))
 
 
 @pytest.mark.parametrize(
@@ -152,3 +169,120 @@ def test_log_records_print_as_the_tools_own_warnings() -> None:
         "wrapper.registry", logging.WARNING, __file__, 1, "503 from %s; retrying in %.1f s", args, None
     )
     assert _Plain().format(record) == "warning: 503 from a.example; retrying in 0.5 s"
+
+
+# -- one resolution of the image for every command ----------------------------------------------------------
+@pytest.fixture
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in ECR_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+ECR_IMAGE = f"123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/app@{DIGEST}"
+
+
+@pytest.mark.parametrize(
+    ("flags", "environment", "expected"),
+    [
+        # the issue's case: verify read only AWS_REGION and AWS_ACCOUNT_ID
+        (
+            ["--repo", "team/app", "--digest", DIGEST],
+            {"SOCI_WRAPPER_REGION": "eu-west-1", "SOCI_WRAPPER_ACCOUNT": "123456789012"},
+            ECR_IMAGE,
+        ),
+        (
+            ["--repo", "team/app", "--digest", DIGEST],
+            {"AWS_DEFAULT_REGION": "eu-west-1", "AWS_ACCOUNT_ID": "123456789012"},
+            ECR_IMAGE,
+        ),
+        (
+            [],
+            {
+                "SOCI_WRAPPER_REPO": "team/app",
+                "SOCI_WRAPPER_TAG": "1.4",
+                "SOCI_WRAPPER_REGION": "cn-north-1",
+                "AWS_REGION": "eu-west-1",  # SOCI_WRAPPER_REGION comes first
+                "SOCI_WRAPPER_ACCOUNT": "123456789012",
+            },
+            "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn/team/app:1.4",
+        ),
+        (
+            ["--region", "us-east-2"],  # a flag wins over the environment
+            {
+                "SOCI_WRAPPER_REPO": "team/app",
+                "SOCI_WRAPPER_DIGEST": DIGEST,
+                "SOCI_WRAPPER_REGION": "eu-west-1",
+                "SOCI_WRAPPER_ACCOUNT": "123456789012",
+            },
+            f"123456789012.dkr.ecr.us-east-2.amazonaws.com/team/app@{DIGEST}",
+        ),
+        ([], {"SOCI_WRAPPER_IMAGE": "registry.example/app:1"}, "registry.example/app:1"),
+    ],
+)
+def test_verify_resolves_the_image_index_resolves(
+    flags: list[str], environment: dict[str, str], expected: str, clean_environment: pytest.MonkeyPatch
+) -> None:
+    for name, value in environment.items():
+        clean_environment.setenv(name, value)
+    indexed = index_reference(parse("index", *flags))
+    verified = verify_request(parse("verify", *flags)).reference
+    assert str(indexed) == str(verified) == expected
+    assert indexed == verified
+
+
+@pytest.mark.parametrize(
+    ("flags", "environment", "message"),
+    [
+        (["--repo", "app", "--digest", DIGEST], {"SOCI_WRAPPER_ACCOUNT": "123456789012"}, "--region"),
+        (["--repo", "app", "--digest", DIGEST], {"SOCI_WRAPPER_REGION": "eu-west-1"}, "--account"),
+        (
+            ["--repo", "app"],
+            {"SOCI_WRAPPER_REGION": "eu-west-1", "SOCI_WRAPPER_ACCOUNT": "1" * 12},
+            "--digest",
+        ),
+        (["registry.example/app:1"], {"SOCI_WRAPPER_REPO": "app"}, "either IMAGE_REF or --repo"),
+        (["registry.example/app:1"], {"SOCI_WRAPPER_DIGEST": DIGEST}, "go with --repo"),
+        ([], {}, "no image given"),
+    ],
+)
+def test_verify_and_index_refuse_the_same_incomplete_image(
+    flags: list[str], environment: dict[str, str], message: str, clean_environment: pytest.MonkeyPatch
+) -> None:
+    for name, value in environment.items():
+        clean_environment.setenv(name, value)
+    with pytest.raises(UsageError) as from_index:
+        index_reference(parse("index", *flags))
+    with pytest.raises(UsageError) as from_verify:
+        verify_request(parse("verify", *flags))
+    assert str(from_index.value) == str(from_verify.value)
+    assert message in str(from_verify.value)
+
+
+def test_resolve_image_reads_the_given_environment() -> None:
+    """The resolution itself, with the environment passed in: flags first, then SOCI_WRAPPER_*, then AWS_*."""
+    environ = {
+        "SOCI_WRAPPER_REGION": "eu-west-1",
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCOUNT_ID": "123456789012",
+        "SOCI_WRAPPER_ACCOUNT": "",  # empty is unset
+    }
+    ref = resolve_image(ImageArguments(repo="team/app", digest=DIGEST), environ)
+    assert ref == Reference.ecr("123456789012", "eu-west-1", "team/app", digest=DIGEST)
+    ref = resolve_image(ImageArguments(repo="team/app", tag="v1", region="eu-west-3"), environ)
+    assert str(ref) == "123456789012.dkr.ecr.eu-west-3.amazonaws.com/team/app:v1"
+    with pytest.raises(UsageError, match="--account"):
+        resolve_image(ImageArguments(repo="team/app", digest=DIGEST), {"AWS_REGION": "eu-west-1"})
+
+
+def test_verify_reads_platforms_from_the_environment(clean_environment: pytest.MonkeyPatch) -> None:
+    clean_environment.setenv("SOCI_WRAPPER_PLATFORMS", "linux/arm64/v8, linux/amd64")
+    request = verify_request(parse("verify", "registry.example/app:1"))
+    assert request.platforms == (Platform("linux", "arm64", "v8"), Platform("linux", "amd64"))
+    assert not request.all_platforms
+    assert verify_request(
+        parse("verify", "registry.example/app:1", "--platform", "linux/s390x")
+    ).platforms == (Platform("linux", "s390x"),)
+    clean_environment.setenv("SOCI_WRAPPER_PLATFORMS", "all")
+    request = verify_request(parse("verify", "registry.example/app:1"))
+    assert request.all_platforms and request.platforms == ()

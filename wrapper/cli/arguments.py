@@ -1,111 +1,34 @@
-"""The command line's arguments: the parser, its value types, and the help texts (exit codes, environment).
-wrapper.cli.main turns what it parses into requests and runs them."""
+"""The command line's parser: the option groups the commands share, and each command's own arguments.
+
+A group that more than one command takes (output, registry access, containerd, the image and its platforms,
+the ECR image) is defined once here, as an ``add_*`` function; each command's parser is a ``_<command>``
+function that takes the groups it needs, in the order its help shows them, and adds its own. A new command
+is one more such function in ``_COMMANDS`` (and its handler in wrapper.cli.main.HANDLERS). What the parser
+returns becomes typed requests in wrapper.cli.requests; the value types are in wrapper.cli.values, the long
+help texts in wrapper.cli.helptext."""
 
 from __future__ import annotations
 
 import argparse
-import math
-import os
-import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeAlias
 
 from wrapper import __version__
-from wrapper.cli.verify import DESCRIPTION as VERIFY_DESCRIPTION
-from wrapper.cli.verify import add_index_verify_flag, add_verify_arguments
-from wrapper.core.errors import ExitCode, UsageError
-from wrapper.core.models import Platform
+from wrapper.cli.helptext import DESCRIPTION, ENV_HELP, EXIT_CODES_HELP, PROG, VERIFY_DESCRIPTION
+from wrapper.cli.values import (
+    parse_namespace,
+    parse_override,
+    parse_platform,
+    parse_seconds,
+    parse_size,
+)
+from wrapper.core.errors import ExitCode
 from wrapper.core.options import DEFAULT_MIN_LAYER_SIZE
+from wrapper.verify.report import DEFAULT_FILES_PER_LAYER, LEVELS
 
-PROG = "soci-wrapper"
-COMMANDS = ("index", "pull", "doctor", "verify")
-
-EXIT_CODES_HELP = """\
-exit codes:
-  0    success (or the image was already indexed); with several platforms, at least one was indexed
-       and the others are listed as not indexed (e.g. every layer under --min-layer-size)
-  1    unexpected internal error (rerun with --debug for the traceback)
-  2    bad usage or input (invalid reference, digest, option)
-  3    authentication failed (registry or AWS)
-  4    not found (repository, tag, digest, platform)
-  5    registry unavailable or answered with an error
-  6    containerd could not be started or reached
-  7    soci failed
-  8    nothing to index: every layer is smaller than --min-layer-size
-  9    a required program (containerd, soci) is missing
-  10   verify: a checked platform has no SOCI index
-  11   verify: a SOCI index exists but is invalid (the report names the platform, layer and check)
-  12   several images: at least one failed (each image's code and error are in the report)
-  130  interrupted
-"""
-
-ENV_HELP = """\
-environment (flags win over these):
-  SOCI_WRAPPER_IMAGE        image reference for 'index' (instead of IMAGE_REF)
-  SOCI_WRAPPER_REPO         --repo          SOCI_WRAPPER_DIGEST      --digest
-  SOCI_WRAPPER_TAG          --tag           SOCI_WRAPPER_ACCOUNT     --account (also AWS_ACCOUNT_ID)
-  SOCI_WRAPPER_REGION       --region (also AWS_REGION, AWS_DEFAULT_REGION)
-  SOCI_WRAPPER_SOCI_VERSION --soci-version  SOCI_WRAPPER_OUTPUT_TAG  --output-tag
-  SOCI_WRAPPER_PLATFORMS    --platform (comma-separated), or 'all' for --all-platforms
-  SOCI_BIN                  the soci binary (like --soci-bin)
-  SOCI_WRAPPER_CACHE_DIR    --cache-dir (CodeBuild: list it under cache: paths: to keep it between builds)
-  DOCKER_CONFIG             directory of the docker config.json used for registry credentials
-  NO_COLOR                  plain output without colour
-"""
-
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
-_MAX_SIZE = (1 << 63) - 1  # soci's size flags are int64
-# containerd's rule for namespace names (identifiers.Validate).
-_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$")
-_MAX_NAMESPACE_LENGTH = 76
-
-
-def parse_size(text: str) -> int:
-    """'10MiB', '10M', '4194304' -> bytes (K/M/G are binary units)."""
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r}: use bytes or a number with KiB, MiB or GiB")
-    unit = (m.group(2) or "b").lower()[0]
-    size = int(m.group(1)) * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit]
-    if size > _MAX_SIZE:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r}: too large (at most {_MAX_SIZE} bytes)")
-    return size
-
-
-def parse_seconds(text: str) -> float:
-    """A positive, finite number of seconds."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: use a positive number of seconds")
-    return seconds
-
-
-def parse_namespace(text: str) -> str:
-    """A containerd namespace name: containerd refuses others, but only once it has been started."""
-    if not _NAMESPACE_RE.match(text) or len(text) > _MAX_NAMESPACE_LENGTH:
-        raise argparse.ArgumentTypeError(
-            f"invalid namespace {text!r}: use letters and digits, separated by '.', '_' or '-' "
-            f"(at most {_MAX_NAMESPACE_LENGTH} characters)"
-        )
-    return text
-
-
-def parse_platform(text: str) -> Platform:
-    try:
-        return Platform.parse(text)
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def parse_override(text: str) -> tuple[str, str]:
-    host, sep, addr = text.partition("=")
-    if not sep or not host or not addr:
-        raise argparse.ArgumentTypeError(f"invalid endpoint override {text!r}: use HOST=IP:PORT")
-    return host, addr
+_FORMAT = argparse.RawDescriptionHelpFormatter
 
 
 class _Parser(argparse.ArgumentParser):
@@ -116,25 +39,21 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(ExitCode.USAGE)
 
 
-def _env(*names: str) -> str | None:
-    for name in names:
-        value = os.environ.get(name)
-        if value:
-            return value
-    return None
+Group: TypeAlias = argparse._ArgumentGroup
+SubParsers: TypeAlias = "argparse._SubParsersAction[_Parser]"
 
 
-def build_parser() -> _Parser:
-    fmt = argparse.RawDescriptionHelpFormatter
-
-    output = _Parser(add_help=False)
-    g = output.add_argument_group("output")
+# -- the shared groups ---------------------------------------------------------------------------------------
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("output")
     g.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress output; warnings and errors only")
     g.add_argument("--debug", action="store_true", help="verbose logs and tracebacks on errors")
 
-    registry = _Parser(add_help=False)
-    g = registry.add_argument_group("registry access")
+
+def add_registry_options(parser: argparse.ArgumentParser) -> None:
+    """How to reach registries (wrapper.cli.requests.registry_options)."""
+    g = parser.add_argument_group("registry access")
     g.add_argument("--username", help="registry user name (the password is read with --password-stdin)")
     g.add_argument(
         "--password-stdin",
@@ -158,8 +77,10 @@ def build_parser() -> _Parser:
         help="seconds without a byte from the registry before a request is tried again (default: 120)",
     )
 
-    daemon = _Parser(add_help=False)
-    g = daemon.add_argument_group("containerd")
+
+def add_containerd_options(parser: argparse.ArgumentParser) -> None:
+    """Where containerd comes from (wrapper.cli.requests.daemon_options)."""
+    g = parser.add_argument_group("containerd")
     g.add_argument(
         "--containerd-address", help="attach to this containerd socket instead of starting our own"
     )
@@ -179,47 +100,64 @@ def build_parser() -> _Parser:
         "--keep-work-dir", action="store_true", help="keep the run's directory (containerd root, logs)"
     )
 
-    pulling = _Parser(add_help=False)
-    g = pulling.add_argument_group("image")
+
+def add_platform_options(parser: argparse.ArgumentParser) -> Group:
+    """The platforms of the image (wrapper.cli.requests.platform_selection); returns the "image" group."""
+    g = parser.add_argument_group("image")
     g.add_argument(
         "--platform", action="append", type=parse_platform, default=None, help="os/arch[/variant]; repeatable"
     )
-    g.add_argument("--all-platforms", action="store_true", default=None, help="every platform of the image")
-    g.add_argument(
+    g.add_argument("--all-platforms", action="store_true", help="every platform of the image")
+    return g
+
+
+def add_download_options(group: Group) -> None:
+    """What a pull downloads (wrapper.cli.requests.pull_options), in the "image" group."""
+    group.add_argument(
         "--min-layer-size",
         type=parse_size,
         default=DEFAULT_MIN_LAYER_SIZE,
         help="layers smaller than this get no zTOC and are not downloaded (default: 10MiB)",
     )
-    g.add_argument(
+    group.add_argument(
         "--max-concurrent-downloads", type=int, default=4, help="blobs in flight at once (default: 4)"
     )
 
-    parser = _Parser(
-        prog=PROG,
-        formatter_class=fmt,
-        description=(
-            "Build a SOCI index for a container image and push it to the image's registry, in one command:\n"
-            "start containerd, pull the image (only what soci reads), run soci, push, report.\n\n"
-            "The seed form (no subcommand) indexes an image in Amazon ECR:\n"
-            f"  {PROG} --repo REPO --digest sha256:... --region REGION --account ACCOUNT "
-            "[--soci-version V2 --output-tag TAG]\n"
-            "which is the same as\n"
-            f"  {PROG} index ACCOUNT.dkr.ecr.REGION.amazonaws.com/REPO@sha256:..."
-        ),
-        epilog=EXIT_CODES_HELP + "\n" + ENV_HELP,
-    )
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+def add_ecr_options(parser: argparse.ArgumentParser) -> None:
+    """The ECR image, instead of IMAGE_REF (wrapper.cli.requests.image_reference)."""
+    g = parser.add_argument_group("ECR image (instead of IMAGE_REF)")
+    g.add_argument("--repo", help="ECR repository name")
+    g.add_argument("--digest", help="image digest (sha256:...)")
+    g.add_argument("--tag", help="image tag (instead of --digest)")
+    g.add_argument("--region", help="AWS region of the repository")
+    g.add_argument("--account", help="AWS account id (12 digits) that owns the repository")
+
+
+def add_image_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """One image, named by IMAGE_REF (``args.image_ref``) or by the ECR options: resolve it with
+    ``wrapper.cli.requests.image_reference(args, args.image_ref)``."""
+    parser.add_argument("image_ref", nargs="?", metavar="IMAGE_REF", help=help)
+    add_ecr_options(parser)
+
+
+def add_soci_bin(group: Group) -> None:
+    group.add_argument("--soci-bin", help="soci binary (default: $SOCI_BIN, .deps/bin/soci, then PATH)")
+
+
+# -- the commands --------------------------------------------------------------------------------------------
+def _index(sub: SubParsers) -> None:
     p = sub.add_parser(
         "index",
-        parents=[output, pulling, registry, daemon],
-        formatter_class=fmt,
+        formatter_class=_FORMAT,
         help="build and push a SOCI index for an image (the default command)",
         description="Build and push a SOCI index for IMAGE_REF, or for the ECR image named by --repo/--digest.",
         epilog=EXIT_CODES_HELP + "\n" + ENV_HELP,
     )
+    add_output_options(p)
+    add_download_options(add_platform_options(p))
+    add_registry_options(p)
+    add_containerd_options(p)
     p.add_argument(
         "image_refs",
         nargs="*",
@@ -243,12 +181,7 @@ def build_parser() -> _Parser:
         type=Path,
         help="index the image of this OCI layout (directory or tar) and push it, with its index, to IMAGE_REF",
     )
-    g = p.add_argument_group("ECR image (instead of IMAGE_REF)")
-    g.add_argument("--repo", help="ECR repository name")
-    g.add_argument("--digest", help="image digest (sha256:...)")
-    g.add_argument("--tag", help="image tag (instead of --digest)")
-    g.add_argument("--region", help="AWS region of the repository")
-    g.add_argument("--account", help="AWS account id (12 digits) that owns the repository")
+    add_ecr_options(p)
     g = p.add_argument_group("SOCI")
     g.add_argument(
         "--soci-version",
@@ -264,22 +197,12 @@ def build_parser() -> _Parser:
         action="store_true",
         help="index and push even when the image already has an index",
     )
-    add_index_verify_flag(g)
     g.add_argument(
-        "--prefetch-file",
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="a file of the image the snapshotter fetches before it mounts the layer holding it (a prefetch "
-        "artifact per layer, in the index); repeatable",
+        "--verify",
+        action="store_true",
+        help="after the push, check the index like `verify` does (its exit code when it is not valid)",
     )
-    g.add_argument(
-        "--prefetch-files-json",
-        type=Path,
-        metavar="FILE",
-        help='the same for every path of a JSON array in FILE (soci\'s format: ["/app/main.py", ...])',
-    )
-    g.add_argument("--soci-bin", help="soci binary (default: $SOCI_BIN, .deps/bin/soci, then PATH)")
+    add_soci_bin(g)
     g = p.add_argument_group("zTOC reuse (index only what is new)")
     g.add_argument(
         "--cache-dir",
@@ -316,10 +239,11 @@ def build_parser() -> _Parser:
         "--soci-timeout", type=parse_seconds, default=3600.0, help="seconds each soci call may take"
     )
 
+
+def _pull(sub: SubParsers) -> None:
     p = sub.add_parser(
         "pull",
-        parents=[output, pulling, registry, daemon],
-        formatter_class=fmt,
+        formatter_class=_FORMAT,
         help="pull an image into containerd's content store (sparse by default)",
         description=(
             "Pull IMAGE_REF into containerd's content store over gRPC, without unpacking. Layers smaller than\n"
@@ -328,26 +252,86 @@ def build_parser() -> _Parser:
         ),
         epilog=EXIT_CODES_HELP,
     )
+    add_output_options(p)
+    add_download_options(add_platform_options(p))
+    add_registry_options(p)
+    add_containerd_options(p)
     p.add_argument("image_ref", metavar="IMAGE_REF")
     p.add_argument("--full", action="store_true", help="download every layer, small ones too")
 
+
+def _doctor(sub: SubParsers) -> None:
     p = sub.add_parser(
         "doctor",
-        parents=[output],
         help="check that containerd and soci are installed and usable",
         description="Report what soci-wrapper would use and whether it works; non-zero exit if something is missing.",
     )
+    add_output_options(p)
     p.add_argument("--containerd-address", help="check this containerd socket instead of the binary")
     p.add_argument("--containerd-bin", default="containerd")
     p.add_argument("--soci-bin")
 
+
+def _verify(sub: SubParsers) -> None:
     p = sub.add_parser(
         "verify",
-        parents=[output, registry, daemon],
-        formatter_class=fmt,
+        formatter_class=_FORMAT,
         help="check that an image's SOCI index serves lazy loading (registry, content, snapshotter)",
         description=VERIFY_DESCRIPTION,
-        epilog=EXIT_CODES_HELP,
+        epilog=EXIT_CODES_HELP + "\n" + ENV_HELP,
     )
-    add_verify_arguments(p)
+    add_output_options(p)
+    add_registry_options(p)
+    add_containerd_options(p)
+    add_image_argument(p, help="the image (or SOCI-enabled image) to check")
+    add_platform_options(p)
+    g = p.add_argument_group("verification")
+    g.add_argument(
+        "--soci-version",
+        type=str.upper,
+        choices=("V1", "V2", "AUTO"),
+        default="AUTO",
+        help="which index to check: V1, V2, or AUTO (default): whichever the snapshotter would use",
+    )
+    g.add_argument(
+        "--level",
+        choices=LEVELS,
+        default=None,
+        help="how deep to check (default: the deepest this machine supports)",
+    )
+    g.add_argument(
+        "--files-per-layer",
+        type=int,
+        default=DEFAULT_FILES_PER_LAYER,
+        help=f"files of each layer read and compared (default: {DEFAULT_FILES_PER_LAYER})",
+    )
+    add_soci_bin(g)
+    g.add_argument(
+        "--snapshotter-bin",
+        help="soci-snapshotter-grpc (default: $SOCI_SNAPSHOTTER_BIN, .deps/bin/soci-snapshotter-grpc, then PATH)",
+    )
+    g.add_argument("--soci-timeout", type=float, default=600.0, help="seconds each soci call may take")
+
+
+# The commands, in the order --help lists them.
+_COMMANDS: dict[str, Callable[[SubParsers], None]] = {
+    "index": _index,
+    "pull": _pull,
+    "doctor": _doctor,
+    "verify": _verify,
+}
+COMMANDS = tuple(_COMMANDS)
+
+
+def build_parser() -> _Parser:
+    parser = _Parser(
+        prog=PROG, formatter_class=_FORMAT, description=DESCRIPTION, epilog=EXIT_CODES_HELP + "\n" + ENV_HELP
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for add_command in _COMMANDS.values():
+        add_command(sub)
     return parser
+
+
+__all__ = ["COMMANDS", "PROG", "build_parser", "parse_platform", "parse_size"]
