@@ -1,4 +1,5 @@
-"""Small helpers shared by the test modules: running the CLI, distinct content per test, pushing images."""
+"""Small helpers shared by the test modules: running the CLI, distinct content per test, pushing images, and
+the processes running now (the one place tests read /proc for them)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -79,3 +81,53 @@ def faulty_soci(
     script.write_text("\n".join(lines) + "\n")
     script.chmod(0o755)
     return str(script)
+
+
+# -- processes --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Process:
+    """A live process, as /proc shows it."""
+
+    pid: int
+    state: str  # R running, S sleeping, D in the kernel, T stopped, ... (never Z: zombies are not listed)
+    ppid: int
+    pgid: int  # its process group
+    started: int  # clock ticks after boot: tells a process from a later one that got the same pid
+    argv: tuple[str, ...]
+
+    @property
+    def cmdline(self) -> str:
+        return " ".join(self.argv)
+
+
+def processes(containing: str | Path | None = None, *, group: int | None = None) -> list[Process]:
+    """The processes running now, but this one: those whose command line contains ``containing`` (e.g. a work
+    directory, which every process a run starts names in its arguments) and/or that are in process group
+    ``group``. Zombies (exited, waiting for their parent to reap them) and kernel threads are not listed: they
+    run nothing. A process that exits while it is read is not listed either."""
+    needle = None if containing is None else str(containing)
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            raw = Path(entry.path, "cmdline").read_bytes()
+            if not raw or (needle is not None and needle.encode() not in raw.replace(b"\0", b" ")):
+                continue
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ... (starttime: 19)
+        if fields[0] in ("Z", "X") or (group is not None and int(fields[2]) != group):
+            continue
+        argv = tuple(a.decode(errors="replace") for a in raw.rstrip(b"\0").split(b"\0"))
+        found.append(
+            Process(int(entry.name), fields[0], int(fields[1]), int(fields[2]), int(fields[19]), argv)
+        )
+    return found
+
+
+def our_containerd_processes(work_dir: Path) -> list[int]:
+    """PIDs of the processes of a run's containerd whose command line points into ``work_dir``: the daemon,
+    and anything given its socket (soci)."""
+    return [p.pid for p in processes(work_dir) if "containerd" in p.cmdline]

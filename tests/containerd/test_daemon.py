@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import processes
 from wrapper.containerd.client import ContainerdClient
 from wrapper.containerd.daemon import (
     MISSING_MESSAGE,
@@ -24,17 +25,7 @@ from wrapper.core.errors import ContainerdError, MissingDependencyError
 
 def _our_daemons(config_dir: Path) -> list[int]:
     """Pids of processes whose command line mentions a config under ``config_dir``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if os.fsencode(config_dir) in cmdline:
-            pids.append(int(entry.name))
-    return pids
+    return [p.pid for p in processes(config_dir)]
 
 
 def test_managed_daemon_starts_answers_and_stops(tmp_path: Path, any_containerd_bin: str) -> None:

@@ -41,7 +41,7 @@ from tests.fixtures.registry import (
     start_registry,
     start_tls_registry,
 )
-from tests.helpers import run_cli
+from tests.helpers import our_containerd_processes, run_cli
 from tests.imagefactory import (
     AMD64,
     ARM64,
@@ -853,21 +853,6 @@ CASES = [
 ]
 
 
-def containerd_processes(work_dir: Path) -> list[int]:
-    """PIDs of containerd processes whose command line points into ``work_dir``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if "containerd" in cmdline and str(work_dir) in cmdline:
-            pids.append(int(entry.name))
-    return pids
-
-
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith(ERROR_PREFIX)]
 
@@ -917,7 +902,7 @@ def test_bad_input(case: Case, world: World, soci_bin: str, tmp_path: Path) -> N
         assert work.read_text() == "a file\n"
     else:
         assert not work.exists() or list(work.iterdir()) == []
-    assert containerd_processes(work) == []
+    assert our_containerd_processes(work) == []
 
 
 def test_the_table_is_long_enough() -> None:
@@ -949,4 +934,4 @@ def test_zstd_layers_are_reported_and_the_others_indexed(world: World, soci_bin:
     assert "zstd" in json.dumps(layers[zstd.digest])
     assert layers[gzip.digest]["status"] == "built"
     assert not work.exists() or list(work.iterdir()) == []
-    assert containerd_processes(work) == []
+    assert our_containerd_processes(work) == []

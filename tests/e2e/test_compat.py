@@ -17,9 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_index import our_containerd_processes
 from tests.fixtures.registry import RegistryServer
-from tests.helpers import MIB, push, run_cli, seed_for
+from tests.helpers import MIB, our_containerd_processes, push, run_cli, seed_for
 from tests.imagefactory import Image, LayerSpec, build_image
 from tests.proxy import HttpProxy, RecordedRequest
 from wrapper.containerd.client import ContainerdClient

@@ -8,20 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT
-
-
-def processes_under(directory: Path) -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if str(directory) in cmdline:
-                found.append(cmdline)
-    return found
+from tests.helpers import ROOT, processes
 
 
 @pytest.mark.soci
@@ -45,4 +32,4 @@ def test_demo_runs_to_the_end_and_cleans_up(tmp_path: Path, soci_bin: str) -> No
     assert "SOCI index v1" in out and "v1-soci" in out  # what the registry holds, as the demo shows it
     assert "error" not in out.lower()
     assert list(tmp_path.iterdir()) == []  # registry data, images, work directories: all removed
-    assert processes_under(tmp_path) == []
+    assert processes(tmp_path) == []

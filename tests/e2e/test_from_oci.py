@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_index import our_containerd_processes
 from tests.fixtures.registry import RegistryServer
-from tests.helpers import MIB, push, run_cli, seed_for
+from tests.helpers import MIB, our_containerd_processes, push, run_cli, seed_for
 from tests.imagefactory import AMD64, ARM64, Blob, Image, ImageIndex, LayerSpec, build_image, build_index
 from tests.proxy import HttpProxy
 from wrapper.core.errors import NotFoundError

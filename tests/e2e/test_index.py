@@ -16,7 +16,7 @@ import pytest
 
 from tests.e2e.sociartifacts import push_soci_v1, push_soci_v2
 from tests.fixtures.registry import RegistryServer
-from tests.helpers import MIB, faulty_soci, push, run_cli, seed_for
+from tests.helpers import MIB, faulty_soci, our_containerd_processes, push, run_cli, seed_for
 from tests.imagefactory import (
     AMD64,
     ARM64,
@@ -55,21 +55,6 @@ def client() -> Iterator[RegistryClient]:
 
 def two_layers(seed: int) -> list[LayerSpec]:
     return [LayerSpec(2 * MIB, seed=seed), LayerSpec(100 * 1024, seed=seed + 1)]
-
-
-def our_containerd_processes(work_dir: Path) -> list[int]:
-    """PIDs of containerd processes whose command line points into ``work_dir``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if "containerd" in cmdline and str(work_dir) in cmdline:
-            pids.append(int(entry.name))
-    return pids
 
 
 def referrers(client: RegistryClient, ref: Reference, subject: str) -> list[Descriptor]:

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_index import our_containerd_processes
 from tests.fixtures.registry import RegistryServer
-from tests.helpers import MIB, ROOT, push
+from tests.helpers import MIB, ROOT, our_containerd_processes, push
 from tests.imagefactory import Image, LayerSpec, build_image
 from tests.proxy import HttpProxy, RecordedRequest
 from wrapper.core.reference import Reference

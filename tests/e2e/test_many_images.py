@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_index import our_containerd_processes
 from tests.fixtures.registry import RegistryServer
-from tests.helpers import MIB, push, run_cli, seed_for
+from tests.helpers import MIB, our_containerd_processes, push, run_cli, seed_for
 from tests.imagefactory import LayerSpec, build_image
 from wrapper.core.errors import ExitCode
 from wrapper.core.models import SOCI_INDEX_V1

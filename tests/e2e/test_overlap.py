@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -23,7 +22,7 @@ import pytest
 
 from tests.e2e.test_reuse import index, layers, ztoc_list
 from tests.fixtures.registry import RegistryServer
-from tests.helpers import MIB, ROOT, push, seed_for
+from tests.helpers import MIB, ROOT, processes, push, seed_for
 from tests.imagefactory import AMD64, ARM64, Image, LayerSpec, build_image, index_of
 from tests.proxy import HttpProxy
 from wrapper.containerd.client import ContainerdClient
@@ -152,28 +151,13 @@ def test_attached_containerd_keeps_no_one_layer_images(
 
 def _processes_in_group(pgid: int) -> list[str]:
     """The live processes of process group ``pgid`` (zombies waiting for init to reap them are not)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                stat = (entry / "stat").read_text()
-                state, _ppid, group = stat.rsplit(")", 1)[1].split()[:3]
-                if int(group) == pgid and state != "Z":
-                    found.append(f"{entry.name} {state} {(entry / 'cmdline').read_bytes()!r}")
-    return found
+    return [f"{p.pid} {p.state} {p.argv!r}" for p in processes(group=pgid)]
 
 
 def _early_soci(work: Path) -> int | None:
     """The pid of an early build's soci (the shim: its command line names a one-layer image and the work
     dir)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if IMAGE_PREFIX in cmdline and str(work) in cmdline:
-                return int(entry.name)
-    return None
+    return next((p.pid for p in processes(work) if IMAGE_PREFIX in p.cmdline), None)
 
 
 @pytest.mark.soci

@@ -30,10 +30,9 @@ from typing import Any
 import pytest
 
 from tests.e2e.test_compat import check_v1_index, dangling_references
-from tests.e2e.test_index import our_containerd_processes
 from tests.fixtures.deps import unavailable
 from tests.fixtures.registry import RegistryServer
-from tests.helpers import MIB, ROOT, faulty_soci, push, seed_for
+from tests.helpers import MIB, ROOT, faulty_soci, our_containerd_processes, processes, push, seed_for
 from tests.imagefactory import Image, LayerSpec, build_image
 from tests.proxy import HttpProxy
 from wrapper.containerd.channel import DaemonExitedError, daemon_exit_error
@@ -71,17 +70,7 @@ def image_of(tmp_path: Path, seed: int, size: int = 2 * MIB) -> Image:
 # -- processes -------------------------------------------------------------------------------------------
 def processes_with(text: str) -> list[tuple[int, list[str]]]:
     """(pid, argv) of the processes (but this one) whose command line contains ``text``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if text in " ".join(argv):
-            found.append((int(entry.name), argv))
-    return found
+    return [(p.pid, list(p.argv)) for p in processes(text)]
 
 
 def managed_daemon_pids(work: Path) -> list[int]:

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_index import our_containerd_processes
 from tests.fixtures.registry import RegistryServer
-from tests.helpers import MIB, ROOT, faulty_soci, push, run_cli, seed_for
+from tests.helpers import MIB, ROOT, faulty_soci, our_containerd_processes, processes, push, run_cli, seed_for
 from tests.imagefactory import LayerSpec, build_image
 from wrapper.core.errors import ExitCode
 from wrapper.core.models import SOCI_INDEX_V1
@@ -40,16 +39,7 @@ def ref(tmp_path: Path, registry: RegistryServer, client: RegistryClient, reques
 
 
 def processes_running(text: str) -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if text in cmdline:
-                found.append(cmdline)
-    return found
+    return [p.cmdline for p in processes(text)]
 
 
 def assert_clean(work: Path, shim: str, client: RegistryClient, ref: Reference) -> None:

@@ -23,7 +23,7 @@ import pytest
 
 from tests.fixtures.registry import RegistryServer, start_registry
 from tests.fixtures.snapshotter import snapshotter_program
-from tests.helpers import ROOT, run_cli
+from tests.helpers import ROOT, processes, run_cli
 from tests.imagefactory import (
     AMD64,
     ARM64,
@@ -465,17 +465,7 @@ def test_v2_annotation_naming_a_missing_index(world: World) -> None:
 
 # -- cleanup ----------------------------------------------------------------------------------------------------
 def _processes_under(path: Path) -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(path) in cmdline and "wrapper.cli.main" not in cmdline:
-            found.append(f"{entry.name}: {cmdline}")
-    return found
+    return [f"{p.pid}: {p.cmdline}" for p in processes(path) if "wrapper.cli.main" not in p.cmdline]
 
 
 def _fuse_mounts_of(pid: str) -> int:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import processes
 from wrapper.core.errors import ExitCode, MissingDependencyError, NothingToIndexError, SociError
 from wrapper.core.models import Platform
 from wrapper.soci.runner import PushAuth, Soci, _push_environment, classify_failure
@@ -103,13 +104,7 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
 
 def _live_group_members(pgid: int) -> list[int]:
     """Processes of group ``pgid`` that are still running (zombies waiting for a reaper do not count)."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            stat = _proc_stat(int(entry.name))
-            if stat is not None and stat[1] == pgid and stat[0] not in ("Z", "X"):
-                out.append(int(entry.name))
-    return out
+    return [p.pid for p in processes(group=pgid)]
 
 
 def test_runner_stops_a_call_that_times_out(tmp_path: Path) -> None:
