@@ -23,6 +23,7 @@ class ExitCode:
     NO_SOCI_INDEX = 10  # verify: a checked platform has no SOCI index
     SOCI_INDEX_INVALID = 11  # verify: a SOCI index exists but fails a check
     SOME_FAILED = 12  # several images in one run: at least one failed
+    NOT_READY = 13  # startup: the container exited with an error or was not ready in time
     INTERRUPTED = 130
 
 
@@ -101,3 +102,9 @@ class SociIndexInvalidError(WrapperError):
     """verify: a SOCI index exists but is wrong (discovery, structure, zTOCs, content or lazy loading)."""
 
     exit_code = ExitCode.SOCI_INDEX_INVALID
+
+
+class StartupError(WrapperError):
+    """startup: the container failed (non-zero exit, killed) or did not become ready within the timeout."""
+
+    exit_code = ExitCode.NOT_READY

@@ -1,0 +1,267 @@
+"""A container's root filesystem from an image's layers, as containerd's unpacker makes it for a pull.
+
+Each layer becomes a committed snapshot named by its chain ID, on top of the one below. For every layer,
+in order: Prepare ``extract-… <chainID>`` on the parent's chain ID, with the label
+``containerd.io/snapshot.ref`` (and, for a remote snapshotter, the labels a CRI pull passes). A remote
+snapshotter that can serve the layer itself (soci-snapshotter-grpc with an index it uses: a FUSE mount)
+answers ALREADY_EXISTS: nothing to download. Otherwise the answer is a mount to unpack into: the layer's
+blob is fetched into the content store, the Diff service unpacks it there, and the snapshot is committed.
+
+The blobs come from the project's pull (wrapper.image.pull), started only when a layer needs one, in this
+thread; the layers are unpacked in another, each as soon as its blob is in and the layer below committed,
+so unpacking overlaps the download as in containerd's own pull.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import stat
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wrapper.containerd.client import ContainerdClient
+from wrapper.containerd.mounts import Mount
+from wrapper.core.errors import ContainerdError, WrapperError
+from wrapper.core.models import Descriptor, ResolvedImage
+from wrapper.core.options import PullOptions
+from wrapper.core.progress import Reporter
+from wrapper.image.pull import Puller, PullResult
+from wrapper.registry.client import RegistryClient
+from wrapper.startup.snapshots import SnapshotsAdapter
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_REF = "containerd.io/snapshot.ref"
+# The labels a CRI pull gives a remote snapshotter with each layer (containerd's snapshotters/labels.go).
+CRI_PREFIX = "containerd.io/snapshot/cri."
+_LABEL_LIMIT = 4096  # containerd's limit for one label, key and value
+
+
+def chain_ids(diff_ids: Sequence[str]) -> list[str]:
+    """Each layer's chain ID (OCI image spec): its diff ID for the first, then sha256 of "<below> <diff ID>"."""
+    chains: list[str] = []
+    for diff in diff_ids:
+        below = chains[-1] if chains else None
+        chains.append(
+            diff if below is None else "sha256:" + hashlib.sha256(f"{below} {diff}".encode()).hexdigest()
+        )
+    return chains
+
+
+def cri_labels(reference: str, manifest: str, layers: Sequence[Descriptor], index: int) -> dict[str, str]:
+    """What a CRI pull tells a remote snapshotter about layer ``index``: the image, its manifest, the layer,
+    and the digests of this and the following layers (as many as fit in one label)."""
+    following = ""
+    key = CRI_PREFIX + "image-layers"
+    for layer in layers[index:]:
+        item = layer.digest if not following else "," + layer.digest
+        if len(key) + len(following) + len(item) > _LABEL_LIMIT:
+            break
+        following += item
+    return {
+        CRI_PREFIX + "image-ref": reference,
+        CRI_PREFIX + "manifest-digest": manifest,
+        CRI_PREFIX + "layer-digest": layers[index].digest,
+        key: following,
+    }
+
+
+@dataclass
+class LayerOutcome:
+    """How one layer got into the root filesystem: ``remote`` (the snapshotter served it itself: lazily when
+    it is a FUSE mount), ``unpacked`` (downloaded and unpacked here), ``present`` (already there)."""
+
+    digest: str
+    size: int
+    how: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class Rootfs:
+    """The container's active snapshot (``key``) and its mounts, with how each layer got there."""
+
+    key: str
+    mounts: list[Mount]
+    layers: list[LayerOutcome] = field(default_factory=list)
+    pull: PullResult | None = None
+
+
+class _Unpacker(threading.Thread):
+    """Unpacks layers ``start..`` in order, each once its blob is stored (``stored``) and the one below is
+    committed; stops at ``stop`` or at the first error (kept in ``error``)."""
+
+    def __init__(self, builder: RootfsBuilder, start: int) -> None:
+        super().__init__(name="startup-unpack", daemon=True)
+        self.builder = builder
+        self.start_at = start
+        self.stored: set[str] = set()
+        self.cond = threading.Condition()
+        self.stop = False
+        self.error: BaseException | None = None
+
+    def blob_stored(self, digest: str) -> None:
+        with self.cond:
+            self.stored.add(digest)
+            self.cond.notify_all()
+
+    def halt(self) -> None:
+        with self.cond:
+            self.stop = True
+            self.cond.notify_all()
+
+    def _wait_for(self, digest: str) -> bool:
+        with self.cond:
+            while digest not in self.stored and not self.stop:
+                self.cond.wait()
+            return not self.stop
+
+    def run(self) -> None:
+        try:
+            for index in range(self.start_at, len(self.builder.layers)):
+                if not self.builder.prepare_layer(index, unpack=self._wait_for):
+                    return
+        except BaseException as exc:  # handed to the thread that waits for us
+            self.error = exc
+
+
+class RootfsBuilder:
+    """Builds the root filesystem of one image on one snapshotter (see the module docstring)."""
+
+    def __init__(
+        self,
+        client: ContainerdClient,
+        snapshots: SnapshotsAdapter,
+        image: ResolvedImage,
+        diff_ids: Sequence[str],
+        *,
+        remote: bool,
+        registry: RegistryClient,
+        reporter: Reporter,
+        max_concurrent_downloads: int = 4,
+    ) -> None:
+        target = image.selected[0]
+        if len(diff_ids) != len(target.layers):
+            raise WrapperError(
+                f"the image config lists {len(diff_ids)} layers (rootfs.diff_ids), its manifest "
+                f"{len(target.layers)}: the image is malformed"
+            )
+        self.client = client
+        self.snapshots = snapshots
+        self.image = image
+        self.manifest = target.manifest.digest
+        self.layers = list(target.layers)
+        self.chains = chain_ids(diff_ids)
+        self.remote = remote
+        self.registry = registry
+        self.reporter = reporter
+        self.max_concurrent_downloads = max_concurrent_downloads
+        self.outcomes = [LayerOutcome(layer.digest, layer.size) for layer in self.layers]
+        self._keys: list[str] = []  # active snapshots made here and not committed (removed on failure)
+
+    def _labels(self, index: int) -> dict[str, str]:
+        labels = {SNAPSHOT_REF: self.chains[index]}
+        if self.remote:
+            labels |= cri_labels(str(self.image.reference), self.manifest, self.layers, index)
+        return labels
+
+    def prepare_layer(self, index: int, *, unpack: Callable[[str], bool] | None) -> bool:
+        """Layer ``index``: True when it is in (served remotely, present, or unpacked with ``unpack``, which
+        waits for its blob); False when it needs unpacking and ``unpack`` is None or gave up."""
+        started = time.monotonic()
+        chain, layer = self.chains[index], self.layers[index]
+        outcome = self.outcomes[index]
+        if self.snapshots.exists(chain):
+            outcome.how = "present"
+            return True
+        key = f"extract-{time.time_ns()}-{secrets.token_hex(3)} {chain}"
+        mounts = self.snapshots.prepare(key, self.chains[index - 1] if index else "", self._labels(index))
+        if mounts is None:  # the snapshotter made the layer itself
+            outcome.how, outcome.seconds = "remote", time.monotonic() - started
+            return True
+        self._keys.append(key)
+        if unpack is None or not unpack(layer.digest):
+            self.snapshots.remove(key)
+            self._keys.remove(key)
+            return False
+        self.client.diff.apply(layer, mounts)
+        self.snapshots.commit(chain, key)
+        self._keys.remove(key)
+        outcome.how, outcome.seconds = "unpacked", time.monotonic() - started
+        self.reporter.info(f"    layer {index + 1}/{len(self.layers)} unpacked ({layer.size} bytes)")
+        return True
+
+    def build(self, container_key: str) -> Rootfs:
+        """Every layer, then the container's own active snapshot on top."""
+        pull: PullResult | None = None
+        first_local = len(self.layers)
+        for index in range(len(self.layers)):
+            if not self.remote or not self.prepare_layer(index, unpack=None):
+                first_local = index
+                break
+        if first_local < len(self.layers):
+            pull = self._pull_and_unpack(first_local)
+        top = self.chains[-1] if self.chains else ""
+        mounts = self.snapshots.prepare(container_key, top, {})
+        if mounts is None:
+            raise ContainerdError(f"the snapshotter refused to make the container's snapshot {container_key}")
+        return Rootfs(container_key, mounts, self.outcomes, pull)
+
+    def _pull_and_unpack(self, start: int) -> PullResult:
+        """Download the layers from ``start`` on (here) while they are unpacked in order (in a thread)."""
+        unpacker = _Unpacker(self, start)
+        options = PullOptions(
+            full=True,
+            max_concurrent_downloads=self.max_concurrent_downloads,
+            skip_layers=frozenset(layer.digest for layer in self.layers[:start]),
+        )
+        puller = Puller(self.registry, self.client, options, self.reporter, on_stored=unpacker.blob_stored)
+        unpacker.start()
+        try:
+            result = puller.run(self.image)
+        except BaseException:
+            unpacker.halt()
+            unpacker.join()
+            self._forget_keys()
+            raise
+        unpacker.join()
+        if unpacker.error is not None:
+            self._forget_keys()
+            raise unpacker.error
+        return result
+
+    def _forget_keys(self) -> None:
+        for key in list(self._keys):
+            self.snapshots.remove(key)
+            self._keys.remove(key)
+
+
+def read_image_file(mounts: Sequence[Mount], name: str, reach: Callable[[str], Path]) -> str | None:
+    """The text of file ``name`` (``/etc/passwd``) in the root filesystem ``mounts`` describe, read from its
+    layers' directories without mounting anything (top layer first; an overlay whiteout hides the file);
+    None when it is in no layer. ``reach`` turns a path of the sandbox into one the host can open."""
+    directories: list[str] = []
+    for mount in mounts:
+        if mount.type == "bind":
+            directories.append(mount.source)
+        elif mount.type == "overlay":
+            upper = mount.option("upperdir")
+            directories += [upper] if upper else []
+            directories += (mount.option("lowerdir") or "").split(":")
+    for directory in filter(None, directories):
+        path = reach(directory) / name.lstrip("/")
+        try:
+            info = path.lstat()
+        except OSError:
+            continue
+        if stat.S_ISCHR(info.st_mode) and info.st_rdev == 0:
+            return None  # deleted by this layer
+        if stat.S_ISREG(info.st_mode):
+            return path.read_text(errors="replace")
+        return None
+    return None
