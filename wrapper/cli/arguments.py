@@ -202,6 +202,20 @@ def _index(sub: SubParsers) -> None:
         action="store_true",
         help="after the push, check the index like `verify` does (its exit code when it is not valid)",
     )
+    g.add_argument(
+        "--prefetch-file",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a file of the image the snapshotter fetches before it mounts the layer holding it (a prefetch "
+        "artifact per layer, in the index); repeatable",
+    )
+    g.add_argument(
+        "--prefetch-files-json",
+        type=Path,
+        metavar="FILE",
+        help='the same for every path of a JSON array in FILE (soci\'s format: ["/app/main.py", ...])',
+    )
     add_soci_bin(g)
     g = p.add_argument_group("zTOC reuse (index only what is new)")
     g.add_argument(

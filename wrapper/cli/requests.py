@@ -29,6 +29,7 @@ from wrapper.core.options import (
     RegistryOptions,
     ReuseOptions,
     SociVersion,
+    prefetch_list,
 )
 from wrapper.core.reference import Reference
 
@@ -273,20 +274,22 @@ class IndexSettings:
 
     soci_version: SociVersion = "V1"
     output_tag: str | None = None
+    prefetch_files: tuple[str, ...] = ()
 
 
 def _index_settings(args: argparse.Namespace, warn: Warn) -> IndexSettings:
     """--soci-version (SOCI_WRAPPER_SOCI_VERSION), --output-tag (SOCI_WRAPPER_OUTPUT_TAG: V2 only, dropped with
-    a warning for V1)."""
+    a warning for V1) and the prefetch list (its file read now: bad input exits 2 before any work)."""
     version = args.soci_version or (env("SOCI_WRAPPER_SOCI_VERSION") or "V1").upper()
     if version not in ("V1", "V2"):
         raise UsageError(f"invalid SOCI version {version!r}", hint="use V1 or V2")
     soci_version: SociVersion = "V2" if version == "V2" else "V1"
     output_tag: str | None = args.output_tag or env("SOCI_WRAPPER_OUTPUT_TAG")
+    prefetch = prefetch_list(args.prefetch_file, args.prefetch_files_json)
     if soci_version == "V1" and output_tag:
         warn("--output-tag is ignored for SOCI index manifest v1")
         output_tag = None
-    return IndexSettings(soci_version, output_tag)
+    return IndexSettings(soci_version, output_tag, prefetch)
 
 
 def index_request(args: argparse.Namespace, reference: Reference, settings: IndexSettings) -> IndexRequest:
@@ -309,6 +312,7 @@ def index_request(args: argparse.Namespace, reference: Reference, settings: Inde
         debug=args.debug,
         reuse=reuse_options(args, reference),
         overlap=args.overlap,
+        prefetch_files=settings.prefetch_files,
     )
 
 

@@ -51,6 +51,8 @@ def index_table(report: IndexReport, *, source: Path | None = None) -> Table:
         table.add_row(f"index {idx.platform}", idx.soci_index_digest)
         if idx.ztocs or idx.layers_indexed or idx.layers_skipped:
             table.add_row("", _layers_line(idx))
+        if prefetch := idx.prefetch_summary():
+            table.add_row("", prefetch)
     for skip in report.not_indexed:
         table.add_row(f"no index {skip.platform}", skip.reason)
     if report.push and report.push.get("attempts", 1) > 1:
