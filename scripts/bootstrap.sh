@@ -14,7 +14,8 @@
 #   4. .venv with the project installed editable and its test extras.
 #
 # Environment: SOCI_WRAPPER_SKIP_APT=1 skips step 1 (for machines where the packages come another way);
-# SOCI_WRAPPER_RUNTIME_ONLY=1 (CodeBuild, buildspec.yml) skips step 3 and the test dependencies;
+# SOCI_WRAPPER_RUNTIME_ONLY=1 runs scripts/install.sh instead (the runtime install: the machine's containerd,
+# soci from its release tarball, the package in .venv; no test-only package or program);
 # SOCI_BIN names a soci to use; SOCI_SOURCE names the soci source tarball (default: ../shared/third_party/...);
 # ZOT_SOURCE names the zot source tarball (default: ../shared/third_party/zot/...).
 set -euo pipefail
@@ -24,6 +25,7 @@ cd "$root"
 # shellcheck source=../wrapper/pins.env
 source wrapper/pins.env   # SOCI_*, CONTAINERD2_*, ZOT_*: the one place the pins live
 log() { printf 'bootstrap: %s\n' "$*" >&2; }
+[[ "${SOCI_WRAPPER_RUNTIME_ONLY:-}" != 1 ]] || exec scripts/install.sh
 
 # --- 1. Debian packages ---------------------------------------------------------------------------------
 apt_packages=(containerd runc docker-registry zlib1g-dev apache2-utils golang-github-containerd-containerd-dev
@@ -42,102 +44,16 @@ if [[ "${SOCI_WRAPPER_SKIP_APT:-}" != 1 ]]; then
 fi
 
 # --- 2. soci ----------------------------------------------------------------------------------------------
-# Routes, first usable wins; each failing route's reason goes into the error file:
-#   a. $SOCI_BIN, when it is a soci of the pinned version;
-#   b. the per-version cache under ~/.cache/soci-wrapper (a fresh clone does not build again);
-#   c. the upstream source tarball ($SOCI_SOURCE, else ../shared/third_party/soci-snapshotter/ beside the
-#      project), checked against its pinned sha256, built with the machine's Go, then cached;
-#   d. the Go module proxy (refused today for soci's nested `cmd` module; kept for machines where it works).
+# scripts/install-soci-source.sh: $SOCI_BIN if it is soci of the pinned version, else the per-version cache
+# under ~/.cache/soci-wrapper, else a build from the upstream source tarball (sha256-checked) or the Go module
+# proxy. Where every route fails, .deps/soci-build-error.txt gives each route's reason.
 mkdir -p .deps/bin
 cache_root="${XDG_CACHE_HOME:-$HOME/.cache}/soci-wrapper"
-cache="$cache_root/soci-$SOCI_VERSION"
 error_file=".deps/soci-build-error.txt"
-reasons=()
-ldflags="-X github.com/awslabs/soci-snapshotter/version.Version=$SOCI_VERSION -X github.com/awslabs/soci-snapshotter/version.Revision=$SOCI_COMMIT"
-
-soci_ok() { [[ -x "$1" ]] && "$1" --version 2>/dev/null | grep -q " ${SOCI_VERSION} "; }
-
-# run_build NAME SCRIPT: runs SCRIPT in a separate `bash -euo pipefail` (so that `set -e` holds) in a temporary
-# directory, with OUT set to where the binary must land; on success installs it into the cache.
-run_build() {
-  local name="$1" script="$2" tmp rc=0 started
-  tmp="$(mktemp -d)"
-  started=$SECONDS
-  BUILD_DIR="$tmp" OUT="$tmp/out" SOCI_VERSION="$SOCI_VERSION" SOCI_COMMIT="$SOCI_COMMIT" LDFLAGS="$ldflags" \
-    bash -euo pipefail -c "$script" >"$tmp/build.log" 2>&1 || rc=$?
-  if ((rc == 0)) && soci_ok "$tmp/out/soci"; then
-    mkdir -p "$cache"
-    install -m 0755 "$tmp/out/soci" "$cache/soci.new" && mv -f "$cache/soci.new" "$cache/soci"
-    log "built soci $SOCI_VERSION from $name in $((SECONDS - started)) s"
-  else
-    reasons+=("$name: build failed (exit $rc): $(tail -n 8 "$tmp/build.log" | tr '\n' ' ')")
-  fi
-  rm -rf "$tmp"
-}
-
-build_from_source() {
-  local tarball="$1" got
-  if [[ ! -f "$tarball" ]]; then
-    reasons+=("source tarball: $tarball does not exist (set SOCI_SOURCE to the soci-snapshotter $SOCI_VERSION source tarball)")
-    return
-  fi
-  got="$(sha256sum "$tarball" | cut -d' ' -f1)"
-  if [[ "$got" != "$SOCI_SOURCE_SHA256" ]]; then
-    reasons+=("source tarball: $tarball has sha256 $got, expected $SOCI_SOURCE_SHA256; not used")
-    return
-  fi
-  log "building soci $SOCI_VERSION from $tarball (sha256 verified)"
-  TARBALL="$tarball" run_build "source tarball $tarball" '
-    export GOTOOLCHAIN=local CGO_ENABLED=1
-    tar -xzf "$TARBALL" -C "$BUILD_DIR"
-    src="$(find "$BUILD_DIR" -mindepth 1 -maxdepth 1 -type d | head -n 1)"
-    cd "$src/cmd"
-    go build -trimpath -ldflags "$LDFLAGS" -o "$OUT/soci" ./soci'
-}
-
-build_from_proxy() {
-  log "building soci $SOCI_VERSION from the Go module proxy"
-  run_build "Go module proxy" '
-    cd "$BUILD_DIR"
-    export GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=1
-    go mod init soci-wrapper/build-soci 2>/dev/null
-    # cmd is a nested module that requires the root module as v0.0.0-local (replaced by ../ upstream);
-    # point those versions at the release, and carry over the other replace directives of soci'"'"'s go.mod.
-    go mod edit \
-      -require="github.com/awslabs/soci-snapshotter@$SOCI_VERSION" \
-      -replace="github.com/awslabs/soci-snapshotter@v0.0.0-local=github.com/awslabs/soci-snapshotter@$SOCI_VERSION" \
-      -replace="github.com/awslabs/soci-snapshotter@v0.0.0=github.com/awslabs/soci-snapshotter@$SOCI_VERSION" \
-      -replace="github.com/hashicorp/golang-lru=github.com/ktock/golang-lru@v0.5.5-0.20211029085301-ec551be6f75c" \
-      -replace="cyphar.com/go-pathrs=github.com/cyphar/libpathrs/go-pathrs@v0.2.1"
-    printf "//go:build tools\n\npackage tools\n\nimport _ \"github.com/awslabs/soci-snapshotter/cmd/soci\"\n" > tools.go
-    go get "github.com/awslabs/soci-snapshotter/cmd@$SOCI_COMMIT"
-    go build -trimpath -o "$OUT/soci" -ldflags "$LDFLAGS" github.com/awslabs/soci-snapshotter/cmd/soci'
-}
-
-soci=""
-if [[ -n "${SOCI_BIN:-}" ]]; then
-  if soci_ok "$SOCI_BIN"; then soci="$SOCI_BIN"
-  else reasons+=("SOCI_BIN=$SOCI_BIN: not an executable soci $SOCI_VERSION"); fi
-fi
-if [[ -z "$soci" ]] && soci_ok "$cache/soci"; then soci="$cache/soci"; fi
-if [[ -z "$soci" ]]; then
-  if ! command -v go >/dev/null 2>&1; then
-    reasons+=("no Go toolchain on PATH: soci $SOCI_VERSION cannot be built from source")
-  else
-    build_from_source "${SOCI_SOURCE:-$(dirname "$root")/shared/third_party/soci-snapshotter/soci-snapshotter-$SOCI_VERSION.tar.gz}"
-    soci_ok "$cache/soci" || build_from_proxy
-    soci_ok "$cache/soci" && soci="$cache/soci"
-  fi
-fi
-if [[ -n "$soci" ]]; then
+if soci="$(scripts/install-soci-source.sh --error-file "$error_file")"; then
   ln -sfn "$soci" .deps/bin/soci
-  rm -f "$error_file"
 else
   rm -f .deps/bin/soci
-  {
-    echo "soci $SOCI_VERSION is not available; every route failed:"
-    printf -- '- %s\n' "${reasons[@]}"
-  } > "$error_file"
   log "WARNING: $(head -n 1 "$error_file") (tests that need soci are skipped, or fail under CI=true)"
   sed 's/^/bootstrap:   /' "$error_file" >&2
 fi
@@ -202,7 +118,6 @@ tool_install() {
   fi
 }
 
-if [[ "${SOCI_WRAPPER_RUNTIME_ONLY:-}" != 1 ]]; then
 # a. containerd 2.x. The ldflags are what containerd's Makefile stamps (`containerd --version`, Version RPC).
 CONTAINERD2_VERSION="$CONTAINERD2_VERSION" CONTAINERD2_COMMIT="$CONTAINERD2_COMMIT" \
   tool_build containerd "$CONTAINERD2_VERSION" containerd containerd2_ok '
@@ -239,50 +154,48 @@ if [[ -z "$tool_error" ]]; then
       go build -trimpath -o "$OUT/zot" -ldflags "-X $info.ReleaseTag=$ZOT_VERSION -X $info.Commit=$ZOT_VERSION-$ZOT_COMMIT -X $info.BinaryType=minimal -X $info.GoVersion=$(go env GOVERSION) -s -w" ./cmd/zot' || true
 fi
 tool_install zot "$ZOT_VERSION" zot .deps/bin/zot .deps/zot-build-error.txt
-fi
 
 # c. soci-snapshotter-grpc, the snapshotter daemon that consumes SOCI indexes (`soci-wrapper verify`'s
 #    consumer level and its tests), from the same source tarball as soci (sha256-checked, as in section 2),
 #    cached next to soci as $cache_root/soci-$SOCI_VERSION/soci-snapshotter-grpc and linked as
 #    .deps/bin/soci-snapshotter-grpc. Not fatal: .deps/soci-snapshotter-grpc-build-error.txt says why it is
-#    missing. Skipped with SOCI_WRAPPER_RUNTIME_ONLY=1 unless SOCI_WRAPPER_WITH_SNAPSHOTTER=1.
+#    missing.
 snapshotter_ok() { [[ -x "$1" ]] && "$1" --version 2>/dev/null | grep -q " ${SOCI_VERSION} ${SOCI_COMMIT}"; }
-if [[ "${SOCI_WRAPPER_RUNTIME_ONLY:-}" != 1 || "${SOCI_WRAPPER_WITH_SNAPSHOTTER:-}" == 1 ]]; then
-  snap_tarball="${SOCI_SOURCE:-$(dirname "$root")/shared/third_party/soci-snapshotter/soci-snapshotter-$SOCI_VERSION.tar.gz}"
-  tool_error=""
-  if ! snapshotter_ok "$cache_root/soci-$SOCI_VERSION/soci-snapshotter-grpc"; then
-    got=""
-    [[ -f "$snap_tarball" ]] && got="$(sha256sum "$snap_tarball" | cut -d' ' -f1)" || true
-    if [[ ! -f "$snap_tarball" ]]; then
-      tool_error="soci-snapshotter source tarball $snap_tarball does not exist (set SOCI_SOURCE to the soci-snapshotter $SOCI_VERSION source tarball)"
-    elif [[ "$got" != "$SOCI_SOURCE_SHA256" ]]; then
-      tool_error="soci-snapshotter source tarball $snap_tarball has sha256 ${got:-(unreadable)}, expected $SOCI_SOURCE_SHA256; not used"
-    fi
+snap_tarball="${SOCI_SOURCE:-$(dirname "$root")/shared/third_party/soci-snapshotter/soci-snapshotter-$SOCI_VERSION.tar.gz}"
+tool_error=""
+if ! snapshotter_ok "$cache_root/soci-$SOCI_VERSION/soci-snapshotter-grpc"; then
+  got=""
+  [[ -f "$snap_tarball" ]] && got="$(sha256sum "$snap_tarball" | cut -d' ' -f1)" || true
+  if [[ ! -f "$snap_tarball" ]]; then
+    tool_error="soci-snapshotter source tarball $snap_tarball does not exist (set SOCI_SOURCE to the soci-snapshotter $SOCI_VERSION source tarball)"
+  elif [[ "$got" != "$SOCI_SOURCE_SHA256" ]]; then
+    tool_error="soci-snapshotter source tarball $snap_tarball has sha256 ${got:-(unreadable)}, expected $SOCI_SOURCE_SHA256; not used"
   fi
-  if [[ -z "$tool_error" ]]; then
-    snapshotter_ok "$cache_root/soci-$SOCI_VERSION/soci-snapshotter-grpc" ||
-      log "soci-snapshotter-grpc $SOCI_VERSION: building from $snap_tarball (sha256 verified)"
-    TARBALL="$snap_tarball" LDFLAGS="$ldflags" \
-      tool_build soci "$SOCI_VERSION" soci-snapshotter-grpc snapshotter_ok '
-        export GOTOOLCHAIN=local CGO_ENABLED=1
-        tar -xzf "$TARBALL" -C "$BUILD_DIR"
-        src="$(find "$BUILD_DIR" -mindepth 1 -maxdepth 1 -type d | head -n 1)"
-        cd "$src/cmd"
-        go build -trimpath -ldflags "$LDFLAGS" -o "$OUT/soci-snapshotter-grpc" ./soci-snapshotter-grpc' ||
-      tool_error="soci-snapshotter-grpc: $tool_error"
-  fi
-  # (tool_install would name it "soci" in its warning: the cache directory is soci's.)
-  snap_error=.deps/soci-snapshotter-grpc-build-error.txt
-  if [[ -z "$tool_error" ]]; then
-    ln -sfn "$cache_root/soci-$SOCI_VERSION/soci-snapshotter-grpc" .deps/bin/soci-snapshotter-grpc
-    rm -f "$snap_error"
-  else
-    rm -f .deps/bin/soci-snapshotter-grpc
-    printf '%s\n' "$tool_error" > "$snap_error"
-    log "WARNING: soci-snapshotter-grpc $SOCI_VERSION is not available (verify's consumer level does not run;" \
-        "tests that need it are skipped, or fail under CI=true):"
-    sed 's/^/bootstrap:   /' "$snap_error" >&2
-  fi
+fi
+if [[ -z "$tool_error" ]]; then
+  snapshotter_ok "$cache_root/soci-$SOCI_VERSION/soci-snapshotter-grpc" ||
+    log "soci-snapshotter-grpc $SOCI_VERSION: building from $snap_tarball (sha256 verified)"
+  TARBALL="$snap_tarball" \
+    LDFLAGS="-X github.com/awslabs/soci-snapshotter/version.Version=$SOCI_VERSION -X github.com/awslabs/soci-snapshotter/version.Revision=$SOCI_COMMIT" \
+    tool_build soci "$SOCI_VERSION" soci-snapshotter-grpc snapshotter_ok '
+      export GOTOOLCHAIN=local CGO_ENABLED=1
+      tar -xzf "$TARBALL" -C "$BUILD_DIR"
+      src="$(find "$BUILD_DIR" -mindepth 1 -maxdepth 1 -type d | head -n 1)"
+      cd "$src/cmd"
+      go build -trimpath -ldflags "$LDFLAGS" -o "$OUT/soci-snapshotter-grpc" ./soci-snapshotter-grpc' ||
+    tool_error="soci-snapshotter-grpc: $tool_error"
+fi
+# (tool_install would name it "soci" in its warning: the cache directory is soci's.)
+snap_error=.deps/soci-snapshotter-grpc-build-error.txt
+if [[ -z "$tool_error" ]]; then
+  ln -sfn "$cache_root/soci-$SOCI_VERSION/soci-snapshotter-grpc" .deps/bin/soci-snapshotter-grpc
+  rm -f "$snap_error"
+else
+  rm -f .deps/bin/soci-snapshotter-grpc
+  printf '%s\n' "$tool_error" > "$snap_error"
+  log "WARNING: soci-snapshotter-grpc $SOCI_VERSION is not available (verify's consumer level does not run;" \
+      "tests that need it are skipped, or fail under CI=true):"
+  sed 's/^/bootstrap:   /' "$snap_error" >&2
 fi
 
 # --- 4. Python environment --------------------------------------------------------------------------------
@@ -292,7 +205,7 @@ if [[ ! -x .venv/bin/python ]]; then
   "$py" -m venv .venv
 fi
 stamp=".venv/.soci-wrapper-installed"
-target=".[test]"; [[ "${SOCI_WRAPPER_RUNTIME_ONLY:-}" == 1 ]] && target="."
+target=".[test]"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1) $target"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   log "installing soci-wrapper ($target) into .venv"
@@ -305,3 +218,12 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   rm -f "$pip_log"
   echo "$want" > "$stamp"
 fi
+# soci-wrapper looks for soci and soci-snapshotter-grpc (after --soci-bin/--snapshotter-bin and SOCI_BIN/
+# SOCI_SNAPSHOTTER_BIN) in its Python's scripts directory, then PATH: link the ones built above there.
+for tool in soci soci-snapshotter-grpc; do
+  if [[ -x ".deps/bin/$tool" ]]; then
+    ln -sfn "$(readlink -f ".deps/bin/$tool")" ".venv/bin/$tool"
+  else
+    rm -f ".venv/bin/$tool"
+  fi
+done

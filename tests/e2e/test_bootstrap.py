@@ -23,7 +23,8 @@ def sandbox(tmp_path: Path) -> tuple[Path, Path]:
     tree = tmp_path / "project"
     (tree / "scripts").mkdir(parents=True)
     (tree / "wrapper").mkdir()
-    shutil.copy(ROOT / "scripts" / "bootstrap.sh", tree / "scripts")
+    for script in ("bootstrap.sh", "install-soci-source.sh"):
+        shutil.copy(ROOT / "scripts" / script, tree / "scripts")
     shutil.copy(ROOT / "wrapper" / "pins.env", tree / "wrapper")
     shutil.copy(ROOT / "pyproject.toml", tree)
     (tree / ".venv").symlink_to(ROOT / ".venv")
