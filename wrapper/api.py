@@ -41,10 +41,10 @@ and stopped after it, which needs root; ``containerd_address=`` attaches to a ru
 ``PlainReporter()`` prints plain lines to stderr); without one, nothing is printed.
 
 Programs: soci is ``IndexRequest.soci_bin`` / ``VerifyRequest.soci_bin`` when given (and then only that), else
-``$SOCI_BIN``, else found as the command line finds it (``PATH``); containerd is ``DaemonOptions.containerd_bin``
-(a path, or a name looked up on ``PATH``). ``run_doctor()`` says which ones a run would use. This module
-adds no search of its own, so an installed wheel behaves as a checkout does when ``SOCI_BIN`` or ``PATH``
-names soci. soci must be of the v0.15 series (``MissingDependencyError`` otherwise).
+``$SOCI_BIN``, else found where the command line looks (this Python's scripts directory, then ``PATH``);
+containerd is ``DaemonOptions.containerd_bin`` (a path, or a name looked up on ``PATH``). ``run_doctor()``
+says which ones a run would use. Nothing is looked up relative to a checkout, so an installed wheel behaves as
+a checkout does. soci must be of the v0.15 series (``MissingDependencyError`` otherwise).
 
 Errors: every failure the caller can cause or fix raises a ``WrapperError`` subclass, whose ``exit_code`` is
 the command line's (``ExitCode``), ``str()`` one line, ``hint`` what to do, ``detail`` a daemon's or soci's
