@@ -882,7 +882,7 @@ def rounds_for(scenario: str, args: argparse.Namespace) -> int:
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     machine = machine_info()
-    soci = find_soci(None, project_root=REPO_ROOT)
+    soci = find_soci(None)  # $SOCI_BIN, this Python's scripts (bootstrap links .deps/bin/soci there), PATH
     if soci is None:
         raise BenchmarkError("soci not found (run scripts/bootstrap.sh)")
     machine["soci"] = soci_version(soci)

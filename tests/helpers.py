@@ -131,3 +131,24 @@ def our_containerd_processes(work_dir: Path) -> list[int]:
     """PIDs of the processes of a run's containerd whose command line points into ``work_dir``: the daemon,
     and anything given its socket (soci)."""
     return [p.pid for p in processes(work_dir) if "containerd" in p.cmdline]
+
+
+def process_tree(root: int) -> dict[int, int]:
+    """The live processes below ``root`` (its children, theirs, ...): pid -> start time (/proc/PID/stat), which
+    tells a process from a later one that got the same pid. Taken while ``root`` runs: once it is gone, its
+    children belong to init and the tree is lost."""
+    children: dict[int, list[Process]] = {}
+    for process in processes():
+        children.setdefault(process.ppid, []).append(process)
+    tree: dict[int, int] = {}
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            tree[child.pid] = child.started
+            todo.append(child.pid)
+    return tree
+
+
+def still_running(tree: dict[int, int]) -> dict[int, str]:
+    """Those processes of ``tree`` (pid -> start time) that still run (not zombies), with their command line."""
+    return {p.pid: p.cmdline for p in processes() if tree.get(p.pid) == p.started}

@@ -43,6 +43,7 @@ from wrapper.core.models import SOCI_INDEX_V1, SOCI_LAYER_DIGEST_ANNOTATION
 from wrapper.core.reference import Reference
 from wrapper.registry.auth import CredentialStore
 from wrapper.registry.client import RegistryClient
+from wrapper.system.supervisor import supervisor
 
 pytestmark = pytest.mark.soci
 
@@ -210,18 +211,18 @@ def test_the_daemon_manager_reports_its_daemon_dying(tmp_path: Path, any_contain
     daemon = ManagedContainerd(tmp_path / "containerd", binary=any_containerd_bin)
     with pytest.raises(DaemonExitedError) as raised, daemon, ContainerdClient(daemon.address, "faults") as cd:
         assert cd.version.get().version
-        user = subprocess.Popen(
-            ["bash", "-c", "sleep 300 & wait", "soci", "--address", daemon.address], start_new_session=True
+        # A program started against it by the process supervisor (as soci is: its socket on its command line)
+        user = supervisor().start(
+            ["bash", "-c", "sleep 300 & wait", "soci", "--address", daemon.address], name="user"
         )
         try:
             pid = daemon.pid
             assert pid is not None
             os.kill(pid, signal.SIGKILL)
             assert user.wait(timeout=5) == -signal.SIGKILL  # stopped by the watchdog, with what it started
+            assert processes(group=user.pid) == []
         finally:
-            if user.poll() is None:
-                os.killpg(user.pid, signal.SIGKILL)
-                user.wait()
+            user.kill()
         with pytest.raises(DaemonExitedError) as call:
             cd.version.get()
         assert call.value.message == f"containerd (pid {pid}) exited unexpectedly (signal 9, SIGKILL)"

@@ -1,4 +1,4 @@
-"""The soci runner's own logic: failure classification, argv, the private DOCKER_CONFIG.
+"""The soci runner's own logic: failure classification (typed errors), argv, the private DOCKER_CONFIG.
 
 These need no soci: they test how soci-wrapper calls it and reads its failures. End-to-end tests with the real
 binary live in tests/e2e.
@@ -19,9 +19,19 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import processes
-from wrapper.core.errors import ExitCode, MissingDependencyError, NothingToIndexError, SociError
+from wrapper.core.errors import (
+    AuthError,
+    ContainerdError,
+    ExitCode,
+    MissingDependencyError,
+    NotFoundError,
+    NothingToIndexError,
+    RegistryError,
+    SociError,
+)
 from wrapper.core.models import Platform
-from wrapper.soci.runner import PushAuth, Soci, _push_environment, classify_failure
+from wrapper.registry.dockerconfig import PrivateDockerConfig
+from wrapper.soci.runner import PushAuth, Soci, classify_failure
 
 
 def make(tmp_path: Path, binary: str = "/nonexistent/soci") -> Soci:
@@ -83,6 +93,72 @@ def test_failures_keep_a_specific_exit_code(stderr: str, code: int) -> None:
     assert err.exit_code == code
     assert err.detail is not None and stderr in err.detail
     assert "\n" not in str(err)
+
+
+@pytest.mark.parametrize(
+    ("stderr", "kind", "words"),
+    [
+        (
+            'soci: PUT "https://r/v2/a/manifests/sha256:1": response status code 401: unauthorized: '
+            "authentication required",
+            AuthError,
+            "refused the credentials",
+        ),
+        ("soci: denied: requested access to the resource is denied", AuthError, "refused the credentials"),
+        (
+            'soci: Head "https://r/v2/": dial tcp 127.0.0.1:1: connect: connection refused',
+            RegistryError,
+            "cannot reach the registry",
+        ),
+        (
+            'soci: PUT "https://r/v2/a/manifests/sha256:1": response status code 400: manifest invalid: x',
+            RegistryError,
+            "does not accept SOCI index manifest v1",
+        ),
+        (
+            'soci: failed to dial "/run/c.sock": context deadline exceeded: dial unix /run/c.sock: connect: '
+            "no such file or directory",
+            ContainerdError,
+            "cannot reach containerd",
+        ),
+        ('soci: image "reg/app:1": not found', NotFoundError, "not found"),
+    ],
+)
+def test_soci_failures_keep_their_type(stderr: str, kind: type[SociError], words: str) -> None:
+    """``except AuthError`` (and the others) catches soci's failures of that kind: the type, its exit code and
+    soci's words survive the soci boundary; they are SociErrors too, so the runner's callers still see them."""
+    err = classify_failure("soci push", 1, "noise\n" + stderr)
+    assert isinstance(err, kind) and isinstance(err, SociError)
+    assert err.exit_code == kind.exit_code
+    assert words in err.message, err.message
+    with pytest.raises(kind):
+        raise err
+
+
+def test_other_soci_failures_are_soci_errors() -> None:
+    err = classify_failure("soci create", 1, "soci: something odd happened\n")
+    assert type(err) is SociError and err.exit_code == ExitCode.SOCI
+    assert not isinstance(err, (AuthError, RegistryError, ContainerdError, NotFoundError))
+
+
+def test_a_typed_failure_keeps_its_type_through_the_push_retries(tmp_path: Path) -> None:
+    """A stand-in soci that fails with a 401: the runner raises AuthError (exit 3), after one attempt (a
+    permanent failure is not tried again)."""
+    script = tmp_path / "fake-soci"
+    count = tmp_path / "count"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"echo x >> {count}\n"
+        'echo \'soci: failed to push: PUT "http://r/v2/a/blobs/uploads/": response status code 401: '
+        "unauthorized' >&2\n"
+        "exit 1\n"
+    )
+    script.chmod(0o755)
+    with pytest.raises(AuthError) as raised:
+        make(tmp_path, str(script)).push("r/a@sha256:" + "a" * 64, PushAuth("r", "u", "p"))
+    assert raised.value.exit_code == ExitCode.AUTH
+    assert "soci push: the registry refused the credentials" in raised.value.message
+    assert count.read_text().count("x") == 1
 
 
 def test_missing_binary_is_a_missing_dependency(tmp_path: Path) -> None:
@@ -149,7 +225,9 @@ def test_push_environment_is_private_and_removed(tmp_path: Path) -> None:
     ca.write_text("-----BEGIN CERTIFICATE-----\nxyz\n-----END CERTIFICATE-----\n")
     auth = PushAuth(host="reg.example:5000", username="AWS", password="s3cret-token", ca_file=str(ca))
     assert "s3cret-token" not in repr(auth)
-    with _push_environment(auth, tmp_path) as env:
+    with PrivateDockerConfig(
+        auth.host, auth.username, auth.password, ca_file=auth.ca_file, parent=tmp_path
+    ) as env:
         cfg_dir = Path(env["DOCKER_CONFIG"])
         cfg = cfg_dir / "config.json"
         assert stat.S_IMODE(cfg.stat().st_mode) == 0o600
@@ -237,7 +315,7 @@ def test_a_push_racing_another_push_of_the_same_index_is_tried_again() -> None:
 
 
 def test_a_signal_while_soci_starts_is_delivered_right_after() -> None:
-    from wrapper.soci.runner import SignalGate
+    from wrapper.system.supervisor import SignalGate
 
     gate = SignalGate()
     held = gate.hold()

@@ -58,6 +58,10 @@ class DaemonExitedError(ContainerdError):
     permanent = True
 
 
+class AlreadyExistsError(ContainerdError):
+    """containerd (or a proxy plugin) answered ALREADY_EXISTS: what was to be made is there already."""
+
+
 class NoSpaceError(ContainerdError):
     """containerd could not write a file because its file system is full: no retry helps."""
 
@@ -145,6 +149,8 @@ def map_rpc_error(exc: grpc.RpcError, *, method: str, address: str, timeout: flo
         )
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFoundError(f"not found in containerd: {details}", detail=detail)
+    if code == grpc.StatusCode.ALREADY_EXISTS:
+        return AlreadyExistsError(f"already exists in containerd: {details}", detail=detail)
     if code == grpc.StatusCode.UNIMPLEMENTED:
         return ContainerdError(
             f"containerd does not implement {method} (plugin disabled or daemon too old)", detail=detail

@@ -9,24 +9,30 @@ process started against it (soci) are stopped, since they cannot finish without 
 because it is gone, and the ``with`` block it ends, report one error that says so, with the daemon's exit and
 the end of its log.
 
+The daemon is started, stopped and tied to this process's life by the process supervisor
+(``wrapper.core.processes``; ``wrapper.system.supervisor``): a soci-wrapper killed with SIGKILL leaves no
+containerd behind. A caller adds what its daemon needs to the config: proxy plugins (a remote snapshotter
+such as soci-snapshotter-grpc), and plugins that are disabled by default (the runtime, to run containers).
+
     with ManagedContainerd() as daemon:
         client = ContainerdClient(daemon.address)
+    with ManagedContainerd(work, proxy_plugins=[ProxyPlugin("soci", "snapshot", socket)]) as daemon:
+        ...
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import re
-import shutil
 import signal
 import stat
 import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
@@ -43,10 +49,26 @@ from wrapper.containerd.channel import (
     status_details,
     unregister_exit_check,
 )
+from wrapper.containerd.config import (
+    DISABLED_PLUGINS_1,
+    DISABLED_PLUGINS_2,
+    ProxyPlugin,
+    major_version,
+    render_config,
+)
 from wrapper.core.errors import ContainerdError, MissingDependencyError
+from wrapper.core.processes import ChildProcess, Processes, processes
 from wrapper.core.util import one_line
 
 log = logging.getLogger(__name__)
+
+__all__ = [  # the config's names, for those who import them from here
+    "DISABLED_PLUGINS_1",
+    "DISABLED_PLUGINS_2",
+    "ProxyPlugin",
+    "major_version",
+    "render_config",
+]
 
 ATTACH_HINT = "start containerd there, or leave out --containerd-address and soci-wrapper starts its own"
 MISSING_MESSAGE = "containerd not found: install Debian's containerd package or run scripts/bootstrap.sh"
@@ -61,68 +83,17 @@ _EXIT_LOG_TAIL_LINES = 10  # under the one line that says the daemon died
 # How often the watchdog looks whether the daemon is still alive.
 _WATCH_INTERVAL = 0.1
 
-# Plugins we do not need: Kubernetes (CRI), running containers, snapshotters that only log errors here,
-# and "opt", which would create /opt/containerd. Content, metadata, leases, images, namespaces,
-# introspection, version, gc and the overlayfs/native snapshotters stay.
-# containerd 1.x (config version 2):
-DISABLED_PLUGINS_1 = (
-    "io.containerd.grpc.v1.cri",
-    "io.containerd.grpc.v1.tasks",
-    "io.containerd.service.v1.tasks-service",
-    "io.containerd.runtime.v1.linux",
-    "io.containerd.runtime.v2.task",
-    "io.containerd.monitor.v1.cgroups",
-    "io.containerd.internal.v1.restart",
-    "io.containerd.internal.v1.opt",
-    "io.containerd.snapshotter.v1.aufs",
-    "io.containerd.snapshotter.v1.btrfs",
-    "io.containerd.snapshotter.v1.devmapper",
-    "io.containerd.snapshotter.v1.zfs",
-)
-# containerd 2.x (config version 3) ignores IDs it does not know, so the list uses its own IDs: cgroups and
-# restart were renamed, aufs and the v1 runtime are gone. 2.x adds more around running containers (CRI's
-# image and runtime plugins, sandboxes, shims, NRI, whose socket would live in /var/run/nri), which log
-# "failed to load plugin" warnings without the tasks service; and plugins that only log why they are skipped
-# here (erofs needs mkfs.erofs, blockfile a scratch file, tracing an endpoint).
-DISABLED_PLUGINS_2 = (
-    "io.containerd.grpc.v1.cri",
-    "io.containerd.cri.v1.images",
-    "io.containerd.cri.v1.runtime",
-    "io.containerd.grpc.v1.tasks",
-    "io.containerd.service.v1.tasks-service",
-    "io.containerd.runtime.v2.task",
-    "io.containerd.shim.v1.manager",
-    "io.containerd.monitor.task.v1.cgroups",
-    "io.containerd.monitor.container.v1.restart",
-    "io.containerd.internal.v1.opt",
-    "io.containerd.nri.v1.nri",
-    "io.containerd.grpc.v1.sandboxes",
-    "io.containerd.grpc.v1.sandbox-controllers",
-    "io.containerd.sandbox.controller.v1.shim",
-    "io.containerd.podsandbox.controller.v1.podsandbox",
-    "io.containerd.snapshotter.v1.blockfile",
-    "io.containerd.snapshotter.v1.btrfs",
-    "io.containerd.snapshotter.v1.devmapper",
-    "io.containerd.snapshotter.v1.erofs",
-    "io.containerd.snapshotter.v1.zfs",
-    "io.containerd.differ.v1.erofs",
-    "io.containerd.mount-handler.v1.erofs",
-    "io.containerd.internal.v1.tracing",
-    "io.containerd.tracing.processor.v1.otlp",
-    "io.containerd.ttrpc.v1.otelttrpc",
-)
-
 
 def find_containerd(binary: str = "containerd") -> str | None:
     """The full path of the containerd program (``binary`` may be a name or a path), or None."""
-    return shutil.which(binary)
+    return processes().find_program("containerd", explicit=binary)
 
 
 @functools.cache  # asked by the preflight and again by the daemon start: run it once per program
 def containerd_binary_version(path: str) -> str:
     """The version printed by ``containerd --version``, without a leading ``v`` (``1.6.20~ds1``, ``2.2.6``)."""
     try:
-        proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10, check=False)
+        proc = processes().run([path, "--version"], name="containerd --version", timeout=10)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise MissingDependencyError(f"cannot run {path} --version: {exc}") from None
     # "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3"
@@ -135,39 +106,6 @@ def containerd_binary_version(path: str) -> str:
             hint="install Debian's containerd package, or pass --containerd-bin the containerd program",
         )
     return match.group(1)
-
-
-def major_version(version: str) -> int:
-    """The major release of a containerd version string (``1.6.20~ds1`` → 1, ``v2.2.6`` → 2)."""
-    match = re.match(r"v?(\d+)\.", version)
-    if match is None:
-        raise ValueError(f"not a containerd version: {version!r}")
-    return int(match.group(1))
-
-
-def render_config(*, root: Path, state: Path, address: str, major: int = 1) -> str:
-    """A containerd config that keeps all of the daemon's files in our work directory.
-
-    ``major`` is the daemon's major release: 1 gets a version 2 config, 2 and later version 3 (which 1.x
-    refuses, and from which 2.x needs no migration) with 2.x's plugin IDs.
-    """
-
-    def q(value: object) -> str:  # JSON string escapes are valid TOML basic strings
-        return json.dumps(str(value))
-
-    config_version, plugins = (3, DISABLED_PLUGINS_2) if major >= 2 else (2, DISABLED_PLUGINS_1)
-    disabled = ", ".join(q(p) for p in plugins)
-    return (
-        "# Written by soci-wrapper for a private containerd; removed when the daemon stops.\n"
-        f"version = {config_version}\n"
-        f"root = {q(root)}\n"
-        f"state = {q(state)}\n"
-        f"disabled_plugins = [{disabled}]\n"
-        "\n[grpc]\n"
-        f"  address = {q(address)}\n"
-        f"  max_recv_message_size = {16 * 1024 * 1024}\n"
-        f"  max_send_message_size = {16 * 1024 * 1024}\n"
-    )
 
 
 def _version_answers(address: str, timeout: float) -> grpc.RpcError | None:
@@ -186,7 +124,9 @@ class ManagedContainerd:
     """A containerd daemon we start, own and stop, living entirely in ``work_dir``.
 
     ``work_dir`` None means a new temporary directory. On stop, the work directory is removed (only the
-    files we created, if the directory existed before) unless ``keep_work_dir``.
+    files we created, if the directory existed before) unless ``keep_work_dir``. ``proxy_plugins`` and
+    ``enable_plugins`` go into its config (see ``render_config``). ``processes``: the supervisor that starts
+    and stops it (default: the process-wide one).
     """
 
     def __init__(
@@ -197,9 +137,15 @@ class ManagedContainerd:
         keep_work_dir: bool = False,
         start_timeout: float = 20.0,
         stop_timeout: float = 10.0,
+        proxy_plugins: Sequence[ProxyPlugin] = (),
+        enable_plugins: Collection[str] = (),
+        processes: Processes | None = None,
     ) -> None:
         self._requested_dir = Path(work_dir) if work_dir is not None else None
         self._binary = binary
+        self.proxy_plugins = tuple(proxy_plugins)
+        self.enable_plugins = frozenset(enable_plugins)
+        self._processes = processes
         self.keep_work_dir = keep_work_dir
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
@@ -207,7 +153,7 @@ class ManagedContainerd:
         self._created_work_dir = False
         self._socket_dir: Path | None = None  # a short extra directory when work_dir is too deep
         self._address: str | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: ChildProcess | None = None
         self._log_file: IO[bytes] | None = None
         self._binary_version: str | None = None
         self._stopping = threading.Event()  # set by stop(): an exit from here on is expected
@@ -216,6 +162,12 @@ class ManagedContainerd:
         self._exit_lock = threading.Lock()
 
     # -- properties -------------------------------------------------------------------------------------
+
+    @property
+    def processes(self) -> Processes:
+        if self._processes is None:
+            self._processes = processes()
+        return self._processes
 
     @property
     def address(self) -> str:
@@ -321,7 +273,7 @@ class ManagedContainerd:
             if error is None:  # stopped meanwhile
                 return
             log.debug("%s", error.message)
-            stopped = _stop_users(self.address)
+            stopped = self.processes.stop_users(self.address)
             if stopped:
                 log.debug("stopped %s, which used the dead containerd", ", ".join(map(str, stopped)))
             return
@@ -330,6 +282,7 @@ class ManagedContainerd:
         if self._requested_dir is None:
             self._work_dir = Path(tempfile.mkdtemp(prefix="soci-wrapper-containerd-"))
             self._created_work_dir = True
+            self.processes.own(self._work_dir, keep=self.keep_work_dir, run_dir=True)
         else:
             self._work_dir = self._requested_dir.absolute()
             self._created_work_dir = not self._work_dir.exists()
@@ -356,6 +309,7 @@ class ManagedContainerd:
             # Sockets cannot live that deep: use a short directory of our own for them.
             base = "/tmp" if os.access("/tmp", os.W_OK) else None
             self._socket_dir = Path(tempfile.mkdtemp(prefix="swcd-", dir=base))
+            self.processes.own(self._socket_dir)
             address = self._socket_dir / "containerd.sock"
         self._address = str(address)
 
@@ -363,19 +317,23 @@ class ManagedContainerd:
         config = self.work_dir / "config.toml"
         config.write_text(
             render_config(
-                root=self.work_dir / "root", state=self.work_dir / "state", address=self.address, major=major
+                root=self.work_dir / "root",
+                state=self.work_dir / "state",
+                address=self.address,
+                major=major,
+                proxy_plugins=self.proxy_plugins,
+                enable_plugins=self.enable_plugins,
             )
         )
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the daemon's lifetime
         log.debug("starting %s --config %s", binary, config)
         try:
-            self._proc = subprocess.Popen(
+            # Its own process group: a Ctrl-C in the terminal reaches us, and we stop the daemon cleanly.
+            self._proc = self.processes.start(
                 [binary, "--config", str(config)],
-                stdin=subprocess.DEVNULL,
+                name="containerd",
                 stdout=self._log_file,
                 stderr=subprocess.STDOUT,
-                # Its own session: a Ctrl-C in the terminal reaches us, and we stop the daemon cleanly.
-                start_new_session=True,
             )
         except OSError as exc:
             raise ContainerdError(f"cannot start {binary}: {exc.strerror or exc}") from None
@@ -415,16 +373,8 @@ class ManagedContainerd:
         if self._address is not None:
             unregister_exit_check(self._address)
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                log.warning(
-                    "containerd (pid %s) ignored SIGTERM for %ss; killing it", proc.pid, self.stop_timeout
-                )
-                proc.kill()
-                proc.wait()
+        if proc is not None and proc.stop(self.stop_timeout):
+            log.warning("containerd (pid %s) ignored SIGTERM for %ss; killed it", proc.pid, self.stop_timeout)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -432,17 +382,17 @@ class ManagedContainerd:
 
     def _cleanup(self) -> None:
         if self._socket_dir is not None:
-            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self.processes.release(self._socket_dir, remove=True)
             self._socket_dir = None
         work = self._work_dir
-        if work is None or self.keep_work_dir:
+        if work is None:
             return
         if self._created_work_dir:
-            _remove_tree(work)
-        else:
+            self.processes.release(work, remove=not self.keep_work_dir)
+        elif not self.keep_work_dir:
             # A directory the caller gave us: remove only what we put there.
             for name in ("root", "state", "config.toml", "containerd.log", "containerd.sock"):
-                _remove_tree(work / name)
+                self.processes.release(work / name, remove=True)
             (work / ("containerd.sock" + _TTRPC_SUFFIX)).unlink(missing_ok=True)
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
@@ -562,41 +512,3 @@ def _last_error_line(log_text: str) -> str:
                 text = f"{text}: {error.group(1)}"
             return one_line(text)[:300]
     return ""
-
-
-def _stop_users(address: str) -> list[int]:
-    """SIGKILL this process's children that were started against the daemon at ``address`` (their command
-    line names its socket, as soci's ``--address`` does), with their process groups; their pids."""
-    me = os.getpid()
-    needle = os.fsencode(address)
-    stopped: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        try:
-            stat_fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            cmdline = (entry / "cmdline").read_bytes()
-        except (OSError, IndexError):
-            continue
-        if int(stat_fields[1]) != me or needle not in cmdline.split(b"\0"):
-            continue
-        try:
-            if os.getpgid(pid) == pid:  # soci runs in a session of its own: stop what it started too
-                os.killpg(pid, signal.SIGKILL)
-            else:
-                os.kill(pid, signal.SIGKILL)
-            stopped.append(pid)
-        except ProcessLookupError:
-            continue
-    return stopped
-
-
-def _remove_tree(path: Path) -> None:
-    try:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-    except OSError as exc:
-        log.warning("could not remove %s: %s", path, exc)

@@ -7,8 +7,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +26,7 @@ from wrapper.core.reference import Reference
 from wrapper.core.report import Stages
 from wrapper.registry.auth import Credentials, CredentialStore
 from wrapper.registry.client import RegistryClient
+from wrapper.system import rundirs
 
 log = logging.getLogger("wrapper.run.session")
 
@@ -65,21 +64,16 @@ def open_registry(ref: Reference, options: RegistryOptions) -> RegistryClient:
 
 @contextlib.contextmanager
 def run_directory(options: DaemonOptions) -> Iterator[Path]:
-    """A fresh directory for this run (inside --work-dir if given); removed afterwards unless kept."""
+    """A fresh directory for this run (inside --work-dir if given); removed afterwards unless kept. The run
+    directories that runs killed before left there are cleaned up first (``wrapper.system.rundirs``)."""
     parent = options.work_dir
     if parent is not None:
         try:
             parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"cannot create work directory {parent}: {exc.strerror}") from exc
-    path = Path(tempfile.mkdtemp(prefix="soci-wrapper-", dir=parent))
-    try:
+    with rundirs.run_directory(parent, keep=options.keep_work_dir) as path:
         yield path
-    finally:
-        if options.keep_work_dir:
-            log.info("kept work directory %s", path)
-        else:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -111,6 +105,8 @@ class Session:
         self._images = 0
 
     def __enter__(self) -> Session:
+        # Also a run that needs no run directory (every image already indexed) cleans up after killed runs.
+        rundirs.sweep(self.options.work_dir)
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -11,18 +11,21 @@ line while it runs and handed to the caller as events, for progress and for the 
 retried when it fails for a transient reason (it is idempotent: blobs already in the registry are skipped).
 
 Registry credentials reach ``soci push`` through a temporary ``DOCKER_CONFIG`` directory (0700, its
-config.json 0600, deleted right after the call), never through ``--user`` on its command line.
+config.json 0600, deleted right after the call; ``wrapper.registry.dockerconfig``), never through ``--user``
+on its command line.
+
+soci runs as a child of the process supervisor (``wrapper.system.supervisor``): in a process group of its own,
+stopped with what it started, never outliving soci-wrapper. Its failures keep their kind (``AuthError``, ...:
+``wrapper.soci.failures``).
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import logging
 import os
 import re
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -42,30 +45,26 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from wrapper.core.errors import (
-    AuthError,
-    ContainerdError,
-    MissingDependencyError,
-    NotFoundError,
-    NothingToIndexError,
-    RegistryError,
-    SociError,
-)
+from wrapper.core.errors import MissingDependencyError, SociError
 from wrapper.core.models import Platform
-from wrapper.core.pins import SOCI_VERSION
 from wrapper.core.report import EventSink, SociEvent
 from wrapper.core.util import one_line
+from wrapper.registry.dockerconfig import PrivateDockerConfig
+from wrapper.soci.binary import (
+    SOCI_RELEASE,
+    SUPPORTED_SERIES,
+    check_soci,
+    find_soci,
+    lookup_soci,
+    soci_version,
+)
+from wrapper.soci.failures import classify_failure, is_transient_failure, stderr_tail
+from wrapper.system.supervisor import Child, deliver_signal, supervisor
 
 log = logging.getLogger("wrapper.soci.runner")
 
-SOCI_RELEASE = SOCI_VERSION  # the release scripts/bootstrap.sh builds (wrapper/pins.env)
-# The releases whose flags and output soci-wrapper knows: major.minor of the pin.
-SUPPORTED_SERIES = ".".join(SOCI_RELEASE.split(".")[:2])
-SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 DEFAULT_TIMEOUT = 3600.0
-_STDERR_TAIL_LINES = 12
 _DIGEST_LINE = re.compile(r"^sha256:[a-f0-9]{64}$")
-_VERSION_RE = re.compile(r"\bv?(\d+)\.(\d+)\.(\d+)\S*")
 
 # What soci v0.15.0 prints on stdout as it goes (soci/soci_index.go, cmd/soci/commands/push.go).
 _ZTOC_BUILT = re.compile(r"^layer (sha256:[a-f0-9]{64}) -> ztoc (sha256:[a-f0-9]{64})( \(already exists\))?$")
@@ -82,72 +81,26 @@ _PUSH_LINE = re.compile(
     r"(sha256:[a-f0-9]{64})$"
 )
 
-# Failures of soci push worth another attempt (oras-go already retries what it can replay; an upload with a
-# body, a reset or a timeout fails the command) and failures that another attempt cannot fix.
-_TRANSIENT = re.compile(
-    r"status code (5\d\d|429)|\b(5\d\d|429) (internal server error|bad gateway|service unavailable|"
-    r"gateway timeout|too many requests)|connection reset|connection refused|broken pipe|unexpected eof|"
-    r"\beof\b|i/o timeout|timeout awaiting|tls handshake timeout|client\.timeout|server closed idle connection|"
-    r"connection was forcibly closed|no route to host",
-    re.IGNORECASE,
-)
-_PERMANENT = re.compile(
-    r"status code (400|401|403|404|405|413)|unauthorized|forbidden|denied|name unknown|manifest invalid|"
-    r"manifest unknown|blob unknown|unsupported|x509:|certificate",
-    re.IGNORECASE,
-)
-
-
-class SignalGate:
-    """Holds back the CLI's signal exceptions (Ctrl-C, SIGTERM) in the main thread for a short section, such as
-    starting soci: raised there, the exception would leave a soci nobody stops. The CLI's handlers call
-    ``deliver``; ``release`` raises what came in between."""
-
-    def __init__(self) -> None:
-        self._depth = 0
-        self._pending: BaseException | None = None
-
-    def deliver(self, exc: BaseException) -> None:
-        if self._depth:
-            self._pending = self._pending or exc
-            return
-        raise exc
-
-    def hold(self) -> bool:
-        if threading.current_thread() is not threading.main_thread():
-            return False  # signals reach the main thread only
-        self._depth += 1
-        return True
-
-    def release(self, held: bool) -> None:
-        if not held:
-            return
-        self._depth -= 1
-        if self._depth == 0 and self._pending is not None:
-            exc, self._pending = self._pending, None
-            raise exc
-
-
-_SIGNALS = SignalGate()
-
-
-def deliver_signal(exc: BaseException) -> None:
-    """For the CLI's signal handlers: raise ``exc`` now, or as soon as soci has started."""
-    _SIGNALS.deliver(exc)
-
-
-_running: set[subprocess.Popen[str]] = set()
-_running_lock = threading.Lock()
+# For those who import them from here: the CLI's signal handlers (wrapper.system.supervisor holds a signal
+# back while a child starts), the binary's lookup (wrapper.soci.binary), the failures (wrapper.soci.failures).
+__all__ = [
+    "SOCI_RELEASE",
+    "SUPPORTED_SERIES",
+    "check_soci",
+    "classify_failure",
+    "deliver_signal",
+    "find_soci",
+    "is_transient_failure",
+    "lookup_soci",
+    "soci_version",
+    "stderr_tail",
+]
 
 
 def kill_running_soci() -> None:
     """Stop every soci this process is running (and what each started): on an interrupt of a run that has
     several images in flight, whose soci calls run in worker threads."""
-    with _running_lock:
-        procs = list(_running)
-    for proc in procs:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+    supervisor().kill_tagged("soci")
 
 
 def parse_event(line: str) -> SociEvent | None:
@@ -191,45 +144,6 @@ class RetryPolicy:
     max_wait: float = 15.0
 
 
-def find_soci(explicit: str | None = None, *, project_root: Path | None = None) -> str | None:
-    """Locate soci: ``--soci-bin``, then ``$SOCI_BIN``, then ``.deps/bin/soci`` of the checkout, then PATH."""
-    candidates: list[str] = []
-    if explicit:
-        candidates.append(explicit)
-    if os.environ.get("SOCI_BIN"):
-        candidates.append(os.environ["SOCI_BIN"])
-    root = project_root or Path(__file__).resolve().parents[2]
-    candidates.append(str(root / ".deps" / "bin" / "soci"))
-    for candidate in candidates:
-        if Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return str(Path(candidate).resolve())
-        if explicit and candidate == explicit:
-            return None  # an explicit choice that is not usable is not silently replaced
-    return shutil.which("soci")
-
-
-def soci_version(binary: str) -> str:
-    """``soci --version`` as ``v0.15.0 <revision>``-like text; raises MissingDependencyError."""
-    try:
-        out = subprocess.run(
-            [binary, "--version"], capture_output=True, text=True, timeout=30, check=True
-        ).stdout.strip()
-    except subprocess.CalledProcessError as exc:
-        raise MissingDependencyError(
-            f"{binary} is not a soci binary: '--version' exited with status {exc.returncode}",
-            hint="run scripts/bootstrap.sh, set SOCI_BIN or pass --soci-bin",
-        ) from exc
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise MissingDependencyError(f"soci at {binary} does not run: {one_line(exc)}") from exc
-    if not out.startswith("soci version"):
-        raise MissingDependencyError(
-            f"{binary} is not a soci binary (its --version says {one_line(out)[:80]!r})",
-            hint="run scripts/bootstrap.sh, set SOCI_BIN or pass --soci-bin",
-        )
-    # "soci version v0.15.0 7716bd67..." -> "v0.15.0 7716bd67..."
-    return out.split("version", 1)[-1].strip()
-
-
 def unindexable_reason(media_type: str, size: int, min_layer_size: int) -> str | None:
     """Why soci would make no zTOC for a layer, known from its descriptor alone; None if it would make one.
     soci v0.15.0 skips layers smaller than --min-layer-size (one of exactly the minimum is indexed) and layers
@@ -239,29 +153,6 @@ def unindexable_reason(media_type: str, size: int, min_layer_size: int) -> str |
     if size < min_layer_size:
         return f"under --min-layer-size ({min_layer_size} bytes)"
     return None
-
-
-def check_soci(explicit: str | None) -> str:
-    """The soci binary this run will use, checked before any network or daemon work.
-
-    Raises MissingDependencyError (exit 9) when it is missing, not executable, not soci, or of a release
-    series whose flags and output soci-wrapper does not know.
-    """
-    binary = find_soci(explicit)
-    if binary is None:
-        where = f" at {explicit}" if explicit else ""
-        raise MissingDependencyError(
-            f"soci not found{where}", hint="run scripts/bootstrap.sh, set SOCI_BIN or pass --soci-bin"
-        )
-    version = soci_version(binary)
-    m = _VERSION_RE.search(version)
-    if m is None or f"v{m.group(1)}.{m.group(2)}" != SUPPORTED_SERIES:
-        raise MissingDependencyError(
-            f"soci at {binary} is {version.split()[0] if version else 'of an unknown version'}; "
-            f"soci-wrapper supports {SUPPORTED_SERIES}.x",
-            hint=f"run scripts/bootstrap.sh (it builds soci {SOCI_RELEASE}) or pass --soci-bin",
-        )
-    return binary
 
 
 @dataclass(frozen=True)
@@ -293,17 +184,18 @@ class Soci:
     # Set in the environment of every soci this object runs.
     extra_env: Mapping[str, str] = field(default_factory=dict)
     # The soci processes of this object running right now (for ``stop``).
-    _procs: set[subprocess.Popen[str]] = field(default_factory=set, init=False, repr=False, compare=False)
+    _procs: set[Child] = field(default_factory=set, init=False, repr=False, compare=False)
     _stopped: bool = field(default=False, init=False, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     def stop(self) -> None:
         """Kill every soci this object runs, now and from now on, and what each started (the thread waiting
         for it gets SociError "killed by SIGKILL")."""
-        with _running_lock:
+        with self._lock:
             self._stopped = True
             procs = list(self._procs)
         for proc in procs:
-            _kill_group(proc)
+            proc.kill()
 
     # -- commands ------------------------------------------------------------------------------------
     def create(
@@ -438,7 +330,9 @@ class Soci:
             reraise=True,
         )
         try:
-            with _push_environment(auth, self.tmp_dir) as env:
+            with PrivateDockerConfig(
+                auth.host, auth.username, auth.password, ca_file=auth.ca_file, parent=self.tmp_dir
+            ) as env:
                 for attempt in retrying:
                     with attempt:
                         outcome.attempts += 1
@@ -515,29 +409,24 @@ class Soci:
         child_env.update(self.extra_env)
         child_env.update(env or {})
         log.debug("running %s", " ".join(argv))
-        held = _SIGNALS.hold()  # a signal while soci starts would leave it running: deliver it just after
         try:
-            proc = subprocess.Popen(
+            # Its own process group (so a timeout or a signal stops soci and anything it started); a signal
+            # that comes while it starts is raised once it has, and stops it.
+            proc = supervisor().start(
                 argv,
-                stdin=subprocess.DEVNULL,
+                name=what,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
-                bufsize=1,
                 env=child_env,
-                start_new_session=True,  # so a timeout or a signal can stop soci and anything it started
+                tags=("soci",),
             )
         except FileNotFoundError as exc:
-            _SIGNALS.release(held)
             raise MissingDependencyError(
                 f"soci not found at {self.binary}", hint="run scripts/bootstrap.sh or pass --soci-bin"
             ) from exc
         except PermissionError as exc:
-            _SIGNALS.release(held)
             raise MissingDependencyError(f"soci at {self.binary} is not executable") from exc
-        except BaseException:
-            _SIGNALS.release(held)
-            raise
         stdout: list[str] = []
         stderr: list[str] = []
         assert proc.stdout is not None and proc.stderr is not None
@@ -546,41 +435,40 @@ class Soci:
             threading.Thread(target=_read_lines, args=(proc.stderr, stderr, on_event), daemon=True),
         ]
         try:  # from here on, a signal (KeyboardInterrupt) stops soci's process group whenever it comes
-            _SIGNALS.release(held)  # raises a signal that came while soci was starting
-            with _running_lock:
-                _running.add(proc)
+            with self._lock:
                 self._procs.add(proc)
                 stopped = self._stopped
             if stopped:
-                _kill_group(proc)
+                proc.kill()
             for reader in readers:
                 reader.start()
             proc.wait(timeout=self.timeout)
         except subprocess.TimeoutExpired as exc:
-            _kill_group(proc)
+            proc.kill()
             raise SociError(
                 f"{what} did not finish within {self.timeout:g} s and was stopped",
                 hint="raise --soci-timeout for very large images",
             ) from exc
         except BaseException:
-            _kill_group(proc)
+            proc.kill()
             raise
         finally:
+            proc.stop(0)  # reaped, and what it left in its group stopped
             # The pipes close when soci (and whatever it started in its group) is gone; a process that left
             # the group may keep them open: do not wait for it long, its output no longer matters.
             for reader in readers:
                 if reader.is_alive():
                     reader.join(timeout=2 if proc.returncode is None or proc.returncode < 0 else 10)
-            with _running_lock:
-                _running.discard(proc)
+            with self._lock:
                 self._procs.discard(proc)
         err_text = "".join(stderr)
-        if proc.returncode != 0:
-            if proc.returncode < 0:
-                sig = signal.Signals(-proc.returncode).name
+        code = proc.returncode if proc.returncode is not None else -signal.SIGKILL
+        if code != 0:
+            if code < 0:
+                sig = signal.Signals(-code).name
                 killed = SociError(f"{what} was killed by {sig}", detail=stderr_tail(err_text) or None)
                 raise killed
-            raise classify_failure(what, proc.returncode, err_text, min_layer_size=min_layer_size)
+            raise classify_failure(what, code, err_text, min_layer_size=min_layer_size)
         if err_text.strip():
             log.debug("%s stderr: %s", what, err_text.strip())
         return "".join(stdout)
@@ -614,14 +502,6 @@ def _reason(exc: BaseException | None) -> str:
     return one_line(text)[:160]
 
 
-def _kill_group(proc: subprocess.Popen[str]) -> None:
-    """SIGKILL soci's process group and reap soci (its output pipes are read by the reader threads)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
-
-
 def _platform_args(platforms: Sequence[Platform], all_platforms: bool) -> list[str]:
     if all_platforms:
         return ["--all-platforms"]
@@ -638,127 +518,3 @@ def _size_args(span_size: int | None, min_layer_size: int | None) -> list[str]:
     if min_layer_size is not None:
         out += ["--min-layer-size", str(min_layer_size)]
     return out
-
-
-def stderr_tail(stderr: str, lines: int = _STDERR_TAIL_LINES) -> str:
-    return "\n".join(stderr.strip().splitlines()[-lines:])
-
-
-def classify_failure(what: str, code: int, stderr: str, *, min_layer_size: int | None = None) -> SociError:
-    """Turn a failed soci call into a typed error with plain words for the failures we know."""
-    tail = stderr_tail(stderr)
-    last = next((ln for ln in reversed(tail.splitlines()) if ln.strip()), f"exit status {code}")
-    last = last.removeprefix("soci: ").strip()
-    low = stderr.lower()
-    err: SociError
-    if "no ztocs created" in low:
-        size = f"{min_layer_size} bytes" if min_layer_size is not None else "10 MiB (soci's default)"
-        err = NothingToIndexError(
-            f"nothing to index: soci made no zTOC (every layer is under the minimum layer size of {size}, "
-            "or in a format it cannot index)",
-            hint="lower --min-layer-size to index smaller layers; soci indexes gzip and uncompressed layers",
-        )
-    elif "dial unix" in low:  # containerd's socket (our registries are reached over TCP)
-        err = _as_soci(ContainerdError(f"{what}: cannot reach containerd: {last}"))
-    elif _PUSH_RACE.search(tail):
-        err = _as_soci(RegistryError(f"{what}: the registry did not have every blob of the index: {last}"))
-    elif refused := _MANIFEST_REFUSED.search(tail):
-        # A registry that does not take SOCI index manifest v1 (Docker Hub refuses manifests with a subject or
-        # an artifactType): no retry helps, V2 (an ordinary image index and manifests) does. The registry's
-        # words, each part once (oras-go repeats the error code's text).
-        why: list[str] = []
-        for part in refused.group("why").split(": "):
-            if part.strip() and part.strip().lower() not in (w.lower() for w in why):
-                why.append(part.strip())
-        reason = ": ".join(why)[:200]
-        err = _as_soci(
-            RegistryError(
-                f"{what}: the registry refused the SOCI index manifest (HTTP {refused.group('status')}"
-                f"{': ' + reason if reason else ''}); it does not accept SOCI index manifest v1",
-                hint="use --soci-version V2 with --output-tag TAG: a SOCI-enabled image, which such registries take",
-            )
-        )
-    elif full := _NO_SPACE.search(tail):
-        where = os.path.dirname(full.group("path")) if full.group("path") else "its temporary directory"
-        err = SociError(
-            f"{what}: no space left on device in {where}",
-            hint="soci copies each layer it indexes there first: point --work-dir at a file system with room "
-            "for the large layers twice, containerd's copy and soci's",
-        )
-    elif "permission denied" in low:  # a file or socket, not the registry: keep soci's own words
-        err = SociError(f"{what} failed (exit {code}): {last}")
-    elif any(s in low for s in ("401 unauthorized", "403 forbidden", "unauthorized", "denied:")):
-        err = _as_soci(AuthError(f"{what}: the registry refused the credentials: {last}"))
-    elif any(s in low for s in ("connection refused", "no such host", "i/o timeout", "tls:", "x509:")):
-        err = _as_soci(RegistryError(f"{what}: cannot reach the registry: {last}"))
-    elif "not found" in low and "image" in low:
-        err = _as_soci(NotFoundError(f"{what}: {last}"))
-    else:
-        err = SociError(f"{what} failed (exit {code}): {last}")
-    err.detail = tail
-    err.transient = is_transient_failure(stderr)
-    return err
-
-
-# oras-go (soci push): `PUT "https://host/v2/repo/manifests/sha256:...": response status code 400: manifest
-# invalid: manifest invalid: <the registry's detail>` when the registry refuses the manifest it is given.
-_MANIFEST_REFUSED = re.compile(
-    r'\bPUT "?[^"\s]*/manifests/[^"\s]+"?: response status code (?P<status>400|415|422)\b:?\s*(?P<why>.*)$',
-    re.IGNORECASE | re.MULTILINE,
-)
-# Go's os errors: `write /path/file: no space left on device` (or `open`, `copy`, ...).
-_NO_SPACE = re.compile(r"(?:(?P<path>/[^\s:]+):\s*)?no space left on device", re.IGNORECASE)
-
-
-# Two pushes of the same index at once (two runs, one image): the registry may refuse the manifest because the
-# other push's upload of a blob it lists is not complete yet. soci push again finds and uploads what is missing.
-_PUSH_RACE = re.compile(r"manifest blob unknown|blob unknown to registry", re.IGNORECASE)
-
-
-def is_transient_failure(stderr: str) -> bool:
-    """Whether soci failed for a reason that another attempt may not meet (5xx, 429, reset, timeout, a blob
-    another push of the same index had not finished)."""
-    text = stderr_tail(stderr, 4)
-    if _PUSH_RACE.search(text):
-        return True
-    return bool(_TRANSIENT.search(text)) and not _PERMANENT.search(text)
-
-
-def _as_soci(error: Exception) -> SociError:
-    """Keep the more specific exit code of ``error`` while staying a SociError for callers."""
-    out = SociError(str(error))
-    out.exit_code = getattr(error, "exit_code", out.exit_code)
-    return out
-
-
-@contextlib.contextmanager
-def _push_environment(auth: PushAuth, tmp_parent: Path | None) -> Iterator[dict[str, str]]:
-    """A private DOCKER_CONFIG (and SSL_CERT_FILE for a custom CA) for one soci push, removed afterwards."""
-    env: dict[str, str] = {}
-    if tmp_parent is not None:
-        tmp_parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="soci-auth-", dir=tmp_parent))
-    try:
-        os.chmod(tmp, 0o700)
-        config: dict[str, object] = {"auths": {}}
-        if auth.username is not None:
-            token = base64.b64encode(f"{auth.username}:{auth.password or ''}".encode()).decode()
-            keys = [auth.host]
-            if auth.host in ("docker.io", "registry-1.docker.io", "index.docker.io"):
-                keys.append("https://index.docker.io/v1/")
-            config["auths"] = {key: {"auth": token} for key in keys}
-        path = tmp / "config.json"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(config, fh)
-        env["DOCKER_CONFIG"] = str(tmp)
-        if auth.ca_file:
-            bundle = tmp / "ca-bundle.pem"
-            with open(bundle, "wb") as out:
-                if SYSTEM_CA_BUNDLE.exists():
-                    out.write(SYSTEM_CA_BUNDLE.read_bytes().rstrip(b"\n") + b"\n")
-                out.write(Path(auth.ca_file).read_bytes())
-            env["SSL_CERT_FILE"] = str(bundle)
-        yield env
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -28,13 +28,8 @@ from wrapper.core.report import Stages
 from wrapper.registry.client import RegistryClient
 from wrapper.run.session import check_containerd, open_registry, run_directory
 from wrapper.soci.runner import Soci, check_soci
-from wrapper.verify.consumer import (
-    ProxyContainerd,
-    RegistryAccess,
-    SnapshotterDaemon,
-    consumer_session,
-    consumer_unavailable,
-)
+from wrapper.soci.snapshotter import RegistryAccess, SnapshotterConfig, SnapshotterDaemon
+from wrapper.verify.consumer import consumer_session, consumer_unavailable
 from wrapper.verify.content_checks import (
     DEFAULT_FILES_PER_LAYER,
     LayerSample,
@@ -158,10 +153,11 @@ def _deeper_levels(
                 assert plan.snapshotter_bin is not None
                 snapshotter = _snapshotter(request, plan.snapshotter_bin, image, registry, run_dir)
                 stack.callback(snapshotter.stop)  # also when containerd does not start
-                daemon = ProxyContainerd(
+                daemon = ManagedContainerd(
                     run_dir / "containerd",
                     binary=daemon_options.containerd_bin,
-                    proxy_address=snapshotter.address,
+                    keep_work_dir=True,
+                    proxy_plugins=[snapshotter.plugin],
                 )
             else:
                 daemon = ManagedContainerd(
@@ -210,7 +206,8 @@ def _snapshotter(
     versions = {t.result.soci_version for t in image.targets if t.result.found}
     soci_v1 = "V1" in versions or request.soci_version == "V1"
     soci_v2 = request.soci_version != "V1"
-    return SnapshotterDaemon(binary, run_dir / "snapshotter", access, soci_v1=soci_v1, soci_v2=soci_v2)
+    config = SnapshotterConfig(soci_v1=soci_v1, soci_v2=soci_v2)  # no background fetch: reads prove laziness
+    return SnapshotterDaemon(binary, run_dir / "snapshotter", access, config)
 
 
 def _consumer_level(
