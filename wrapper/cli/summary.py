@@ -201,4 +201,6 @@ def doctor_lines(report: DoctorReport) -> list[str]:
         lines.append(f"{mark} {check.name}: {check.detail}")
         if check.fix and not check.ok:
             lines.append(f"     fix: {check.fix}")
+        if check.name in report.looked:
+            lines.append(f"     looked: {report.looked[check.name].describe()}")
     return lines

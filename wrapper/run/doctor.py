@@ -10,9 +10,10 @@ from typing import Any
 
 from wrapper import __version__
 from wrapper.containerd.client import ContainerdClient
-from wrapper.containerd.daemon import containerd_binary_version, find_containerd
+from wrapper.containerd.daemon import containerd_binary_version
 from wrapper.core.errors import WrapperError
-from wrapper.soci.runner import SOCI_RELEASE, find_soci, soci_version
+from wrapper.soci.runner import SOCI_RELEASE, lookup_soci, soci_version
+from wrapper.system.binaries import Lookup, find
 
 
 @dataclass
@@ -33,6 +34,8 @@ class DoctorReport:
     containerd: dict[str, Any] = field(default_factory=dict)
     soci: dict[str, Any] = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
+    # Where each program was looked for, in order (--flag, $VARIABLE, this Python's scripts directory, PATH).
+    looked: dict[str, Lookup] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -76,7 +79,11 @@ def run_doctor(
             )
         report.containerd = info
     else:
-        path = find_containerd(containerd_bin)
+        # As the run finds it (wrapper.containerd.daemon.find_containerd): the path as given, links kept.
+        report.looked["containerd"] = find(
+            "containerd", explicit=containerd_bin, flag="--containerd-bin", resolve=False
+        )
+        path = report.looked["containerd"].path
         info = {"mode": "managed", "binary": path, "version": None, "usable": False}
         if path is None:
             report.checks.append(
@@ -85,7 +92,7 @@ def run_doctor(
                     False,
                     True,
                     f"{containerd_bin} not found",
-                    "install Debian's containerd package (scripts/bootstrap.sh does)",
+                    "install containerd 1.6, 1.7 or 2.x (scripts/install.sh says how), or pass --containerd-bin",
                 )
             )
         else:
@@ -108,7 +115,8 @@ def run_doctor(
         )
         report.containerd = info
 
-    soci_path = find_soci(soci_bin)
+    report.looked["soci"] = lookup_soci(soci_bin)
+    soci_path = report.looked["soci"].path
     soci_info: dict[str, Any] = {
         "binary": soci_path,
         "version": None,
@@ -122,7 +130,7 @@ def run_doctor(
                 False,
                 True,
                 "soci not found",
-                "run scripts/bootstrap.sh, set SOCI_BIN or pass --soci-bin",
+                "run scripts/install.sh (it installs soci's release), set SOCI_BIN or pass --soci-bin",
             )
         )
     else:
