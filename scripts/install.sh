@@ -68,14 +68,17 @@ if ! command -v containerd >/dev/null 2>&1; then
     "from https://github.com/containerd/containerd/releases into /usr/local (its bin/ onto PATH) and put" \
     "runc.$arch from https://github.com/opencontainers/runc/releases on PATH as runc (containerd 1.6, 1.7 or 2.x)")
 else
-  version="$(containerd_version)"
+  version="$(containerd_version || true)"
   if [[ ! "$version" =~ ^(1\.([6-9]|[1-9][0-9])|[2-9])\. ]]; then
     problems+=("$(command -v containerd) is containerd '${version:-unknown}'; soci-wrapper needs 1.6, 1.7 or 2.x:" \
       "install a newer one (dnf/apt package containerd, or https://github.com/containerd/containerd/releases)")
   fi
 fi
 if [[ -z "$py" ]]; then
-  problems+=("no Python >= 3.11 with venv (${PYTHON:-python3} is $(${PYTHON:-python3} -V 2>&1 | head -n 1 || true)):" \
+  first="${PYTHON:-python3}"
+  if command -v "$first" >/dev/null 2>&1; then seen="$first is $("$first" -V 2>&1 | head -n 1 || true)"
+  else seen="no $first on PATH"; fi
+  problems+=("no Python >= 3.11 with venv ($seen):" \
     "on Amazon Linux 2023 run 'sudo dnf install -y python3.11', on Debian/Ubuntu 'apt-get install python3-venv'," \
     "or set PYTHON to one")
 fi
@@ -84,9 +87,11 @@ if ((${#problems[@]})); then
   say "cannot install soci-wrapper here: ${joined%; }; then run scripts/install.sh again"
   exit 9
 fi
-runc_note="runc $(runc --version 2>/dev/null | sed -n '1s/^runc version //p') at $(command -v runc 2>/dev/null)"
-command -v runc >/dev/null 2>&1 || runc_note="no runc (index and verify do not run containers)"
-say "containerd $(containerd_version) at $(command -v containerd), $runc_note, $("$py" -V 2>&1) at $py"
+runc_note="no runc (index and verify run no containers)"
+if command -v runc >/dev/null 2>&1; then
+  runc_note="runc $(runc --version 2>/dev/null | sed -n '1s/^runc version //p' || true) at $(command -v runc)"
+fi
+say "containerd $(containerd_version || true) at $(command -v containerd), $runc_note, $("$py" -V 2>&1) at $py"
 
 # --- 2. soci -------------------------------------------------------------------------------------------------
 soci_ok() { [[ -x "$1" ]] && "$1" --version 2>/dev/null | grep -q " ${SOCI_VERSION} "; }

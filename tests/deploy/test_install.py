@@ -66,6 +66,11 @@ def system_containerd() -> str:
     return found
 
 
+def runc_version() -> str:
+    out = subprocess.run(["runc", "--version"], capture_output=True, text=True, timeout=30, check=True).stdout
+    return out.splitlines()[0].removeprefix("runc version ")
+
+
 def pip_list(venv: Path) -> set[str]:
     out = subprocess.run(
         [str(venv / "bin" / "python"), "-m", "pip", "list", "--format", "json"],
@@ -221,20 +226,26 @@ def test_a_soci_bin_that_is_not_soci_is_refused(tmp_path: Path, source_tree: Pat
 
 
 # -- the Amazon Linux images: no apt-get ---------------------------------------------------------------------
+@pytest.mark.parametrize("runc", [True, False])
 def test_buildspec_installs_without_apt_with_containerd_2_as_the_only_containerd(
     tmp_path: Path,
     release: ReleaseServer,
     source_tree: Path,
     buildspec: dict[str, Any],
     containerd2_bin: str,
+    runc: bool,
 ) -> None:
-    path = path_without_apt(tmp_path / "bin", containerd=containerd2_bin)
+    """Without runc too: indexing runs no container, so only a note says it is missing."""
+    path = path_without_apt(tmp_path / "bin", containerd=containerd2_bin, runc=runc)
     assert not (Path(path) / "apt-get").exists() and not (Path(path) / "dpkg").exists()
     env = script_env(tmp_path, PATH=path, SOCI_RELEASE_URL=release.url, SOCI_RELEASE_SHA256=release.sha256)
     run = run_phases(source_tree, buildspec, PHASES, env)
     assert run.status == 0, run.stderr
     version = pin("CONTAINERD2_VERSION").removeprefix("v")
-    assert f"install: containerd {version} at {path}/containerd," in run.stderr
+    runc_note = (
+        f"runc {runc_version()} at {path}/runc" if runc else "no runc (index and verify run no containers)"
+    )
+    assert f"install: containerd {version} at {path}/containerd, {runc_note}, Python " in run.stderr
     assert doctor_line(run.stdout, "containerd") == f"ok   containerd: {path}/containerd ({version})"
     assert (source_tree / ".venv" / "bin" / "soci").resolve().parent.parent == tmp_path / "installs"
     assert f" {VERSION} " in soci_version(str(source_tree / ".venv" / "bin" / "soci"))
