@@ -18,7 +18,7 @@ pytestmark = pytest.mark.soci
 
 
 def sandbox(tmp_path: Path) -> tuple[Path, Path]:
-    """A project tree holding bootstrap's inputs, the checkout's .venv (its stamp matches: no pip run), and a
+    """A project tree holding bootstrap's inputs, a .venv that needs no pip run, and a
     cache that has the test-only programs (containerd 2.x, zot) but no soci."""
     tree = tmp_path / "project"
     (tree / "scripts").mkdir(parents=True)
@@ -27,7 +27,11 @@ def sandbox(tmp_path: Path) -> tuple[Path, Path]:
         shutil.copy(ROOT / "scripts" / script, tree / "scripts")
     shutil.copy(ROOT / "wrapper" / "pins.env", tree / "wrapper")
     shutil.copy(ROOT / "pyproject.toml", tree)
-    (tree / ".venv").symlink_to(ROOT / ".venv")
+    # A .venv of its own that bootstrap takes as installed (its python and its stamp are the checkout's), so
+    # that what bootstrap writes there (the links to soci) never touches the checkout's .venv.
+    (tree / ".venv" / "bin").mkdir(parents=True)
+    (tree / ".venv" / "bin" / "python").symlink_to(ROOT / ".venv" / "bin" / "python")
+    shutil.copy(ROOT / ".venv" / ".soci-wrapper-installed", tree / ".venv")
     cache = tmp_path / "cache" / "soci-wrapper"
     cache.mkdir(parents=True)
     real = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "soci-wrapper"
