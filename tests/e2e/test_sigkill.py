@@ -176,6 +176,7 @@ def test_sigkill_during_the_pull(
     tmp_path: Path,
     registry: RegistryServer,
     client: RegistryClient,
+    soci_bin: str,
     mode: str,
     request: pytest.FixtureRequest,
 ) -> None:
@@ -193,7 +194,8 @@ def test_sigkill_during_the_pull(
     with HttpProxy(registry.host) as proxy:
         proxy.throttle(rf"/blobs/({layers})", LAYER_RATE, method="GET")
         via = Reference(proxy.host, ref.repository, digest=ref.digest)
-        with tool(tmp_path, work, "index", str(via), "--min-layer-size", "1MiB") as run:
+        args = ["index", str(via), "--soci-bin", soci_bin, "--min-layer-size", "1MiB"]
+        with tool(tmp_path, work, *args) as run:
             wait_until(lambda: layer_bytes() > 0, run.proc, "layer bytes flowed", tmp_path)
             record = kill_and_check(run, mode)
             assert layer_bytes() < 2 * LAYER_SIZE  # it landed mid-pull

@@ -57,14 +57,11 @@ def check_soci(explicit: str | None) -> str:
     Raises MissingDependencyError (exit 9) when it is missing, not executable, not soci, or of a release
     series whose flags and output soci-wrapper does not know.
     """
-    lookup = lookup_soci(explicit)
-    binary = lookup.path
+    binary = find_soci(explicit)
     if binary is None:
         where = f" at {explicit}" if explicit else ""
         raise MissingDependencyError(
-            f"soci not found{where}",
-            hint="run scripts/bootstrap.sh, set SOCI_BIN or pass --soci-bin",
-            detail=f"looked at: {lookup.describe()}",
+            f"soci not found{where}", hint="run scripts/bootstrap.sh, set SOCI_BIN or pass --soci-bin"
         )
     version = soci_version(binary)
     m = _VERSION_RE.search(version)

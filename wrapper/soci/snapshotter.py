@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -248,6 +248,27 @@ class SnapshotterDaemon:
             time.sleep(0.05)
         raise ContainerdError(
             f"soci-snapshotter-grpc did not open its socket within {_START_TIMEOUT:g} s",
+            detail=self.log_tail(),
+        )
+
+    def wait_reachable(self, probe: Callable[[], object], *, via: str = "", timeout: float = 30.0) -> None:
+        """Until ``probe`` (a Snapshots call, such as a Stat of a snapshot that does not exist, which answers
+        NOT_FOUND) reaches the snapshotter without a ContainerdError: containerd dials a proxy plugin lazily,
+        and retries with a backoff. ``via``: the way the calls go, for the error."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            if self.pid is None:
+                raise ContainerdError("soci-snapshotter-grpc stopped", detail=self.log_tail())
+            try:
+                probe()
+                return
+            except ContainerdError as exc:
+                last = exc.message
+            time.sleep(0.1)
+        through = f" through {via}" if via else ""
+        raise ContainerdError(
+            f"soci-snapshotter-grpc cannot be reached{through} within {timeout:g} s: {last}",
             detail=self.log_tail(),
         )
 

@@ -48,7 +48,6 @@ LAYER_DIGEST_LABEL = "containerd.io/snapshot/cri.layer-digest"
 IMAGE_LAYERS_LABEL = "containerd.io/snapshot/cri.image-layers"
 _MAX_LABEL_BYTES = 4096  # containerd's limit for a label (key and value)
 _READ_TIMEOUT = 60.0
-_REACH_TIMEOUT = 30.0
 _CALL_TIMEOUT = 120.0
 
 
@@ -312,33 +311,14 @@ def consumer_session(
                 "namespaces on to proxy snapshotters"
             )
         try:
-            _wait_reachable(client.snapshots, daemon, via)
+            snapshots = client.snapshots
+            daemon.wait_reachable(lambda: snapshots.stat("soci-wrapper-probe", timeout=2.0), via=via)
             yield ConsumerSession(daemon, client.snapshots, via, registry, reporter)
         finally:
             client.close()
             reporter.info(f"    stopping soci-snapshotter-grpc ({len(daemon.fuse_mounts())} FUSE mounts)")
     finally:
         daemon.stop()
-
-
-def _wait_reachable(snapshots: SnapshotsService, daemon: SnapshotterDaemon, via: str) -> None:
-    """Until a request reaches the snapshotter this way (containerd dials a proxy plugin lazily, and retries
-    with a backoff): Stat of a snapshot that does not exist answers NOT_FOUND once it does."""
-    deadline = time.monotonic() + _REACH_TIMEOUT
-    last = ""
-    while time.monotonic() < deadline:
-        if daemon.pid is None:
-            raise ContainerdError("soci-snapshotter-grpc stopped", detail=daemon.log_tail())
-        try:
-            snapshots.stat("soci-wrapper-probe", timeout=2.0)
-            return
-        except ContainerdError as exc:
-            last = exc.message
-        time.sleep(0.1)
-    raise ContainerdError(
-        f"soci-snapshotter-grpc cannot be reached through {via} within {_REACH_TIMEOUT:g} s: {last}",
-        detail=daemon.log_tail(),
-    )
 
 
 def describe_layer(report: LayerResult) -> str:
