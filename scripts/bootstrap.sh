@@ -4,7 +4,7 @@
 #
 #   1. Debian packages: containerd, runc, docker-registry (test registry), zlib1g-dev (soci's cgo),
 #      apache2-utils (htpasswd for the auth tests), containerd's own .proto files (wire-compatibility test),
-#      iproute2/util-linux (namespaces in the end-to-end tests).
+#      iproute2/util-linux (namespaces in the end-to-end tests), busybox-static (the shell of startup's test images).
 #   2. The real soci CLI at the pinned release (wrapper/pins.env) into .deps/bin/soci: from $SOCI_BIN, the
 #      per-version cache under ~/.cache/soci-wrapper, the upstream source tarball (sha256-checked), or the
 #      Go module proxy, in that order.
@@ -29,7 +29,7 @@ log() { printf 'bootstrap: %s\n' "$*" >&2; }
 
 # --- 1. Debian packages ---------------------------------------------------------------------------------
 apt_packages=(containerd runc docker-registry zlib1g-dev apache2-utils golang-github-containerd-containerd-dev
-              iproute2 util-linux ca-certificates openssl gcc)
+              iproute2 util-linux ca-certificates openssl gcc busybox-static)
 if [[ "${SOCI_WRAPPER_SKIP_APT:-}" != 1 ]]; then
   missing=()
   for p in "${apt_packages[@]}"; do

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import NoReturn, TypeAlias
 
 from wrapper import __version__
-from wrapper.cli.helptext import DESCRIPTION, ENV_HELP, EXIT_CODES_HELP, PROG, VERIFY_DESCRIPTION
+from wrapper.cli.helptext import (
+    DESCRIPTION,
+    ENV_HELP,
+    EXIT_CODES_HELP,
+    PROG,
+    STARTUP_DESCRIPTION,
+    VERIFY_DESCRIPTION,
+)
+from wrapper.cli.startup import add_startup_group
 from wrapper.cli.values import (
     parse_namespace,
     parse_override,
@@ -327,12 +335,40 @@ def _verify(sub: SubParsers) -> None:
     g.add_argument("--soci-timeout", type=float, default=600.0, help="seconds each soci call may take")
 
 
+def _startup(sub: SubParsers) -> None:
+    p = sub.add_parser(
+        "startup",
+        formatter_class=_FORMAT,
+        help="start a container of an image and time it: lazily through the SOCI snapshotter (and from a full pull)",
+        description=STARTUP_DESCRIPTION,
+        epilog=EXIT_CODES_HELP,
+    )
+    add_output_options(p)
+    add_registry_options(p)
+    add_containerd_options(p)
+    p.add_argument(
+        "image_ref", metavar="IMAGE_REF", help="the image to start (for lazy loading: its SOCI-enabled image)"
+    )
+    g = p.add_argument_group("image")
+    g.add_argument(
+        "--platform", type=parse_platform, default=None, help="os/arch[/variant] (default: this host's)"
+    )
+    g.add_argument(
+        "--max-concurrent-downloads",
+        type=int,
+        default=4,
+        help="blobs in flight at once in a full pull (default: 4)",
+    )
+    add_startup_group(p)
+
+
 # The commands, in the order --help lists them.
 _COMMANDS: dict[str, Callable[[SubParsers], None]] = {
     "index": _index,
     "pull": _pull,
     "doctor": _doctor,
     "verify": _verify,
+    "startup": _startup,
 }
 COMMANDS = tuple(_COMMANDS)
 

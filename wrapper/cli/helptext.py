@@ -45,6 +45,7 @@ exit codes:
   10   verify: a checked platform has no SOCI index
   11   verify: a SOCI index exists but is invalid (the report names the platform, layer and check)
   12   several images: at least one failed (each image's code and error are in the report)
+  13   startup: the container exited with an error, or was not ready within --timeout
   130  interrupted
 """
 
@@ -61,4 +62,20 @@ environment (flags win over these):
   DOCKER_CONFIG             directory of the docker config.json used for registry credentials
   NO_COLOR                  plain output without colour
   'verify' reads them too, except the index settings SOCI_WRAPPER_SOCI_VERSION, _OUTPUT_TAG and _CACHE_DIR
+"""
+
+STARTUP_DESCRIPTION = """\
+Start a container of IMAGE_REF and time it, in a containerd of its own (with runc), over containerd's API.
+
+The image is pulled lazily through soci-snapshotter-grpc, as a node that runs SOCI images does (its default
+pull modes: SOCI index manifest v2 only; prefetch on); --baseline also starts it from a full pull through
+overlayfs and says how much sooner (or later) it started lazily. Ready means: the process exits with 0
+(default), a line of its output matches --ready-log, or --ready-port accepts connections inside the
+container's own network namespace. The container is not privileged, has no host mounts, no network but its
+own loopback, containerd's default capabilities, and memory and process limits. --record FILE writes the
+files it opened before it was ready, for `index --prefetch-files-json`.
+
+  soci-wrapper startup registry.example.com/app:1.4-soci --baseline
+  soci-wrapper startup registry.example.com/app:1.4-soci --ready-port 8080 --record prefetch.json
+  soci-wrapper startup registry.example.com/tools:2 -- python3 -c 'import numpy'
 """

@@ -33,6 +33,7 @@ from wrapper.cli.requests import (
     verify_after_index,
     verify_request,
 )
+from wrapper.cli.startup import cmd_startup, split_container_command
 from wrapper.cli.summary import doctor_lines, print_batch, print_index, print_verify, pull_line
 from wrapper.cli.values import parse_platform, parse_size
 from wrapper.core.errors import ExitCode, WrapperError
@@ -198,6 +199,7 @@ HANDLERS: dict[str, Handler] = {
     "pull": cmd_pull,
     "doctor": cmd_doctor,
     "verify": cmd_verify,
+    "startup": cmd_startup,
 }
 assert set(HANDLERS) == set(COMMANDS), "every command of the parser has a handler"
 
@@ -242,7 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _on_sigterm)
         signal.signal(signal.SIGINT, _on_sigint)
     parser = build_parser()
-    args = parser.parse_args(_normalise_argv(argv))
+    ours, container_command = split_container_command(_normalise_argv(argv))  # startup ... -- CMD ARGS
+    args = parser.parse_args(ours)
+    args.container_command = container_command
     if args.command is None:
         parser.print_help(sys.stderr)
         return ExitCode.USAGE

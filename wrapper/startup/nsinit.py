@@ -84,11 +84,11 @@ def _supervise(child: int) -> int:
 
 def _init(tmpfs: Sequence[str]) -> None:
     """Pid 1 of the new namespace: private mounts, a fresh /proc, the tmpfs, then reap until a signal."""
-    stop = False
 
     def on_signal(_n: int, _frame: object) -> None:
-        nonlocal stop
-        stop = True
+        # Ending here ends the namespace: the kernel kills every process left in it. (A flag would not do:
+        # a wait for children is retried after the handler, and would go on waiting.)
+        os._exit(0)
 
     for number in FORWARDED:
         signal.signal(number, on_signal)
@@ -97,14 +97,11 @@ def _init(tmpfs: Sequence[str]) -> None:
     for directory in tmpfs:
         os.makedirs(directory, mode=0o711, exist_ok=True)
         _mount("tmpfs", directory, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0711")
-    while not stop:
+    while True:
         try:
             os.waitpid(-1, 0)
         except ChildProcessError:
             time.sleep(0.2)
-        except InterruptedError:  # pragma: no cover
-            continue
-    os._exit(0)
 
 
 def hold(pid_file: str, tmpfs: Sequence[str]) -> int:

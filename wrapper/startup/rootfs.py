@@ -7,9 +7,10 @@ snapshotter that can serve the layer itself (soci-snapshotter-grpc with an index
 answers ALREADY_EXISTS: nothing to download. Otherwise the answer is a mount to unpack into: the layer's
 blob is fetched into the content store, the Diff service unpacks it there, and the snapshot is committed.
 
-The blobs come from the project's pull (wrapper.image.pull), started only when a layer needs one, in this
-thread; the layers are unpacked in another, each as soon as its blob is in and the layer below committed,
-so unpacking overlaps the download as in containerd's own pull.
+The blobs come from the project's pull (wrapper.image.pull). Without a remote snapshotter every layer needs
+one: the whole image is pulled in this thread while the layers are unpacked in another, each as soon as its
+blob is in and the layer below committed, so unpacking overlaps the download as in containerd's own pull.
+With a remote snapshotter, layer by layer: only a layer it hands back is downloaded, when it does.
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ from pathlib import Path
 
 from wrapper.containerd.client import ContainerdClient
 from wrapper.containerd.mounts import Mount
-from wrapper.core.errors import ContainerdError, WrapperError
+from wrapper.containerd.snapshots import SnapshotsService
+from wrapper.core.errors import ContainerdError, NotFoundError, WrapperError
 from wrapper.core.models import Descriptor, ResolvedImage
 from wrapper.core.options import PullOptions
 from wrapper.core.progress import Reporter
 from wrapper.image.pull import Puller, PullResult
 from wrapper.registry.client import RegistryClient
-from wrapper.startup.snapshots import SnapshotsAdapter
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ SNAPSHOT_REF = "containerd.io/snapshot.ref"
 # The labels a CRI pull gives a remote snapshotter with each layer (containerd's snapshotters/labels.go).
 CRI_PREFIX = "containerd.io/snapshot/cri."
 _LABEL_LIMIT = 4096  # containerd's limit for one label, key and value
+# A remote snapshotter's Prepare fetches the index and zTOC, maybe prefetch spans, maybe a whole layer.
+_PREPARE_TIMEOUT = 600.0
 
 
 def chain_ids(diff_ids: Sequence[str]) -> list[str]:
@@ -89,7 +92,6 @@ class Rootfs:
     key: str
     mounts: list[Mount]
     layers: list[LayerOutcome] = field(default_factory=list)
-    pull: PullResult | None = None
 
 
 class _Unpacker(threading.Thread):
@@ -136,10 +138,11 @@ class RootfsBuilder:
     def __init__(
         self,
         client: ContainerdClient,
-        snapshots: SnapshotsAdapter,
+        snapshots: SnapshotsService,
         image: ResolvedImage,
         diff_ids: Sequence[str],
         *,
+        snapshotter: str,
         remote: bool,
         registry: RegistryClient,
         reporter: Reporter,
@@ -153,6 +156,7 @@ class RootfsBuilder:
             )
         self.client = client
         self.snapshots = snapshots
+        self.snapshotter = snapshotter
         self.image = image
         self.manifest = target.manifest.digest
         self.layers = list(target.layers)
@@ -163,6 +167,8 @@ class RootfsBuilder:
         self.max_concurrent_downloads = max_concurrent_downloads
         self.outcomes = [LayerOutcome(layer.digest, layer.size) for layer in self.layers]
         self._keys: list[str] = []  # active snapshots made here and not committed (removed on failure)
+        self._made: list[str] = []  # every snapshot this build made, in order (remove() takes them away)
+        self._lock = threading.Lock()
 
     def _labels(self, index: int) -> dict[str, str]:
         labels = {SNAPSHOT_REF: self.chains[index]}
@@ -176,41 +182,83 @@ class RootfsBuilder:
         started = time.monotonic()
         chain, layer = self.chains[index], self.layers[index]
         outcome = self.outcomes[index]
-        if self.snapshots.exists(chain):
+        if self.snapshots.stat(chain, snapshotter=self.snapshotter) is not None:
             outcome.how = "present"
             return True
         key = f"extract-{time.time_ns()}-{secrets.token_hex(3)} {chain}"
-        mounts = self.snapshots.prepare(key, self.chains[index - 1] if index else "", self._labels(index))
+        mounts = self.snapshots.prepare(
+            key,
+            self.chains[index - 1] if index else "",
+            labels=self._labels(index),
+            snapshotter=self.snapshotter,
+            timeout=_PREPARE_TIMEOUT,
+        )
         if mounts is None:  # the snapshotter made the layer itself
+            self._note(chain)
             outcome.how, outcome.seconds = "remote", time.monotonic() - started
             return True
         self._keys.append(key)
         if unpack is None or not unpack(layer.digest):
-            self.snapshots.remove(key)
-            self._keys.remove(key)
+            self._forget(key)
             return False
-        self.client.diff.apply(layer, mounts)
-        self.snapshots.commit(chain, key)
+        self.client.diff.apply(layer, [Mount.of(m) for m in mounts])
+        self.snapshots.commit(chain, key, snapshotter=self.snapshotter)
         self._keys.remove(key)
+        self._note(chain)
         outcome.how, outcome.seconds = "unpacked", time.monotonic() - started
         self.reporter.info(f"    layer {index + 1}/{len(self.layers)} unpacked ({layer.size} bytes)")
         return True
 
+    def _note(self, name: str) -> None:
+        with self._lock:
+            self._made.append(name)
+
+    def _forget(self, key: str) -> None:
+        """Remove an active snapshot that will not be committed."""
+        self._keys.remove(key)
+        self._remove(key)
+
+    def _remove(self, key: str) -> bool:
+        try:
+            self.snapshots.remove(key, snapshotter=self.snapshotter)
+        except NotFoundError:
+            return True
+        except WrapperError as exc:
+            log.debug("removing snapshot %s: %s", key, exc)
+            return False
+        return True
+
+    def remove(self) -> int:
+        """Remove every snapshot this build made, the container's first; how many could not be."""
+        for key in list(self._keys):
+            self._forget(key)
+        with self._lock:
+            made, self._made = list(reversed(self._made)), []
+        return sum(1 for name in made if not self._remove(name))
+
     def build(self, container_key: str) -> Rootfs:
         """Every layer, then the container's own active snapshot on top."""
-        pull: PullResult | None = None
-        first_local = len(self.layers)
-        for index in range(len(self.layers)):
-            if not self.remote or not self.prepare_layer(index, unpack=None):
-                first_local = index
-                break
-        if first_local < len(self.layers):
-            pull = self._pull_and_unpack(first_local)
+        if self.remote:
+            # Only the layers the snapshotter hands back are downloaded, each when it does.
+            for index in range(len(self.layers)):
+                self.prepare_layer(index, unpack=self._fetch_one)
+        elif self.layers:
+            self._pull_and_unpack(0)
         top = self.chains[-1] if self.chains else ""
-        mounts = self.snapshots.prepare(container_key, top, {})
+        mounts = self.snapshots.prepare(
+            container_key, top, snapshotter=self.snapshotter, timeout=_PREPARE_TIMEOUT
+        )
         if mounts is None:
             raise ContainerdError(f"the snapshotter refused to make the container's snapshot {container_key}")
-        return Rootfs(container_key, mounts, self.outcomes, pull)
+        self._note(container_key)
+        return Rootfs(container_key, [Mount.of(m) for m in mounts], self.outcomes)
+
+    def _fetch_one(self, digest: str) -> bool:
+        """Download one layer's blob into the content store (the pull of the image, that layer only)."""
+        others = frozenset(layer.digest for layer in self.layers if layer.digest != digest)
+        options = PullOptions(full=True, skip_layers=others)
+        Puller(self.registry, self.client, options, self.reporter).run(self.image)
+        return True
 
     def _pull_and_unpack(self, start: int) -> PullResult:
         """Download the layers from ``start`` on (here) while they are unpacked in order (in a thread)."""
@@ -237,8 +285,7 @@ class RootfsBuilder:
 
     def _forget_keys(self) -> None:
         for key in list(self._keys):
-            self.snapshots.remove(key)
-            self._keys.remove(key)
+            self._forget(key)
 
 
 def read_image_file(mounts: Sequence[Mount], name: str, reach: Callable[[str], Path]) -> str | None:

@@ -13,7 +13,6 @@ one of the namespace's (``/proc/<init>/root/proc/<pid>``).
 from __future__ import annotations
 
 import logging
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from types import TracebackType
 from typing import IO, Self
 
 from wrapper.core.errors import ContainerdError
+from wrapper.system.supervisor import Child, supervisor
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class Sandbox:
 
     def __init__(self, work_dir: Path) -> None:
         self.work_dir = work_dir
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: Child | None = None
         self._log: IO[bytes] | None = None
         self._init_pid: int | None = None
 
@@ -60,12 +60,10 @@ class Sandbox:
         argv = script("hold", str(pid_file), *(a for d in PRIVATE_TMPFS for a in ("--tmpfs", d)))
         self._log = open(self.work_dir / "nsinit.log", "ab")  # noqa: SIM115 - kept open while it runs
         try:
-            self._proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+            # The supervisor ties it to this process's life: if soci-wrapper is killed, so is the namespaces'
+            # init, and with it everything inside.
+            self._proc = supervisor().start(
+                argv, name="start-up namespaces", stdout=self._log, stderr=subprocess.STDOUT
             )
         except OSError as exc:
             self.stop()
@@ -103,13 +101,8 @@ class Sandbox:
     def stop(self) -> None:
         """End the namespaces: their init stops, and the kernel kills whatever is left inside."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            proc.stop(_STOP_TIMEOUT)
         if self._log is not None:
             self._log.close()
             self._log = None
