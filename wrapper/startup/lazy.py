@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable
 from pathlib import Path
 
-from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
-
 from wrapper.containerd.client import ContainerdClient
-from wrapper.core.errors import ContainerdError, MissingDependencyError
+from wrapper.core.errors import MissingDependencyError
 from wrapper.core.reference import Reference
 from wrapper.registry.client import RegistryClient
 from wrapper.soci.snapshotter import RegistryAccess, SnapshotterConfig, SnapshotterDaemon, check_snapshotter
@@ -35,7 +32,6 @@ from wrapper.startup.sandbox import Sandbox
 
 # The snapshotter's stock behaviour (its config/config.toml in v0.15.0), prefetch turned on.
 STOCK_WITH_PREFETCH = SnapshotterConfig(soci_v1=False, soci_v2=True, background_fetch=True, prefetch=True)
-_REACH_TIMEOUT = 30.0
 
 
 def forwards_namespace(version: str | None) -> bool:
@@ -93,7 +89,9 @@ def start_lazy(
             f"the snapshotter's own Snapshots API (containerd {version} does not pass namespaces on to proxy "
             "snapshotters); containerd runs the container on its mounts"
         )
-    _wait_reachable(lambda: snapshots.stat("soci-wrapper-probe", snapshotter=name, timeout=2.0), snapshotter)
+    snapshotter.wait_reachable(
+        lambda: snapshots.stat("soci-wrapper-probe", snapshotter=name, timeout=2.0), via=via
+    )
     return Daemons(
         sandbox,
         containerd,
@@ -104,18 +102,3 @@ def start_lazy(
         via,
         fuse_mounts=lambda: len(snapshotter.fuse_mounts()),
     )
-
-
-def _wait_reachable(probe: Callable[[], object], snapshotter: SnapshotterDaemon) -> None:
-    """Until ``probe`` (a Stat, which answers NOT_FOUND) reaches the snapshotter: containerd dials a proxy
-    plugin lazily, and retries with a backoff."""
-    for attempt in Retrying(
-        stop=stop_after_delay(_REACH_TIMEOUT),
-        wait=wait_fixed(0.1),
-        retry=retry_if_exception(
-            lambda exc: isinstance(exc, ContainerdError) and snapshotter.pid is not None
-        ),
-        reraise=True,
-    ):
-        with attempt:
-            probe()
