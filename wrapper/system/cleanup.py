@@ -124,6 +124,27 @@ def kill_groups(groups: Iterable[tuple[int, int | None]], *, wait: float = _GONE
     return killed
 
 
+def kill_users(paths: Iterable[Path]) -> list[int]:
+    """SIGKILL the processes (but this one) with an argument at or below one of ``paths``: what a child started
+    outside its process group and that still points into the run (containerd's shims get its socket's path)."""
+    roots = [os.path.realpath(p) for p in paths]
+    if not roots:
+        return []
+    killed = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if any(arg == root or arg.startswith(root.rstrip("/") + "/") for arg in argv for root in roots):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+    return killed
+
+
 # -- mounts and files ------------------------------------------------------------------------------------------
 def mounts(mountinfo: Path = Path("/proc/self/mountinfo")) -> list[tuple[str, str]]:
     """(mount point, file system type) of each mount of a mountinfo file."""
@@ -189,8 +210,11 @@ def remove_tree(path: Path) -> str | None:
 
 
 def undo(groups: Iterable[tuple[int, int | None]], paths: Iterable[tuple[Path, bool]]) -> None:
-    """Kill ``groups``, then undo the mounts below each of ``paths`` (path, keep) and remove those not kept."""
+    """Kill ``groups`` and what names one of ``paths`` on its command line, then undo the mounts below each of
+    ``paths`` (path, keep) and remove those not kept."""
+    paths = list(paths)
     kill_groups(groups)
+    kill_users(path for path, _ in paths)
     for path, keep in paths:
         unmount_under(path)
         if not keep:
