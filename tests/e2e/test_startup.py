@@ -25,12 +25,12 @@ from typing import Any
 import pytest
 
 from tests.fixtures.deps import unavailable
-from tests.fixtures.registry import RegistryServer, start_registry
+from tests.fixtures.registry import RegistryServer, start_registry, start_tls_registry
 from tests.fixtures.snapshotter import snapshotter_program
 from tests.helpers import ROOT, process_tree, processes, run_cli, still_running
 from tests.imagefactory import FileSpec, Image, LayerSpec, build_image, push_image
 from wrapper.core.reference import Reference
-from wrapper.registry.auth import CredentialStore
+from wrapper.registry.auth import Credentials, CredentialStore
 from wrapper.registry.client import RegistryClient
 
 BUSYBOX = Path("/bin/busybox")
@@ -337,8 +337,9 @@ def lazy(world: World, soci_bin: str, containerd2_bin: str, tmp_path_factory: py
 
 
 def _fetched_read_spans_only(variant: dict[str, Any], world: World) -> None:
-    """Lazily, the shell layer is downloaded whole (it has no zTOC) and of the indexed layers only what was
-    read: far less than the 24 MiB layer nobody reads."""
+    """Lazily, the shell layer is downloaded whole (it has no zTOC: the snapshotter fetches and unpacks it
+    itself), the SOCI index and zTOCs, and of the indexed layers only what was read: far less than the 24 MiB
+    layer nobody reads."""
     shell = world.image.layers[0].size
     assert shell < variant["bytes_fetched"] < shell + 12 * MIB, variant["bytes_fetched"]
 
@@ -351,7 +352,7 @@ def test_lazy_start_through_containerd2_records_the_files_read(
     (variant,) = report["variants"]
     assert variant["name"] == "lazy" and variant["snapshotter"] == "soci"
     assert variant["via"].startswith("containerd 2.") and "proxy snapshotter 'soci'" in variant["via"]
-    assert [layer["how"] for layer in variant["layers"]] == ["unpacked", "remote", "remote"]
+    assert [layer["how"] for layer in variant["layers"]] == ["remote", "lazy", "lazy"]
     assert variant["fuse_mounts"] == 2 and variant["lazy_layers"] == 2
     _fetched_read_spans_only(variant, world)
     assert json.loads(record.read_text()) == RECORDED, "read through FUSE, recorded on the overlay above it"
@@ -364,11 +365,7 @@ def test_lazy_start_with_containerd16_goes_to_the_snapshotters_own_api(
     report = _report(world.cli(str(lazy.ref), *lazy.args(containerd="containerd"), "--json", work=work))
     (variant,) = report["variants"]
     assert "the snapshotter's own Snapshots API" in variant["via"]
-    assert variant["fuse_mounts"] == 2 and [x["how"] for x in variant["layers"]] == [
-        "unpacked",
-        "remote",
-        "remote",
-    ]
+    assert variant["fuse_mounts"] == 2 and [x["how"] for x in variant["layers"]] == ["remote", "lazy", "lazy"]
     _fetched_read_spans_only(variant, world)
 
 
@@ -390,7 +387,8 @@ def test_baseline_compares_the_lazy_start_with_a_full_pull(world: World, lazy: L
 def test_an_image_without_a_v2_index_is_not_lazy_and_the_user_hears_why(
     world: World, lazy: Lazy, work: Path
 ) -> None:
-    """The plain tag has no V2 index: the stock snapshotter hands every layer back, and says nothing."""
+    """The plain tag has no V2 index: the stock snapshotter hands every layer back to be unpacked, and says
+    nothing."""
     proc = world.cli(str(world.ref), *lazy.args(), "--json", work=work)
     report = _report(proc)
     (variant,) = report["variants"]
@@ -434,3 +432,44 @@ def test_sigkill_of_the_tool_during_a_lazy_start_leaves_nothing(world: World, la
     while time.monotonic() < deadline and (still_running(everything) or list(work.iterdir())):
         time.sleep(0.1)
     assert still_running(everything) == {}, "processes of the run outlived it"
+
+
+def test_lazy_start_from_a_tls_registry_with_a_password(
+    lazy: Lazy, work: Path, tmp_path_factory: pytest.TempPathFactory, soci_bin: str
+) -> None:
+    """As from ECR: HTTPS and credentials. The tool's requests and the snapshotter's both go through the
+    counting proxy (plain HTTP on loopback), which speaks HTTPS to the registry; the password reaches the
+    snapshotter in a private docker config, for the registry's name and the proxy's."""
+    base = tmp_path_factory.mktemp("secure")
+    registry = start_tls_registry(base / "registry")
+    try:
+        assert (
+            registry.ca_file is not None and registry.username is not None and registry.password is not None
+        )
+        access = ["--ca-file", registry.ca_file, "--username", registry.username, "--password-stdin"]
+        client = RegistryClient(
+            CredentialStore(explicit={registry.host: Credentials(registry.username, registry.password)}),
+            ca_file=registry.ca_file,
+        )
+        ref = Reference(registry.host, "startup/secure", tag="v1")
+        push_image(
+            client, ref, build_image(base / "layers", _runnable_layers(), run_config={"Cmd": DEFAULT_COMMAND})
+        )
+        proc = run_cli(
+            "index", str(ref), "--soci-version", "V2", "--output-tag", "v1-soci", "--soci-bin", soci_bin,
+            "--work-dir", str(base / "index"), "--quiet", *access, stdin=registry.password + "\n",
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        proc = run_cli(
+            "startup", "--work-dir", str(work), f"{registry.host}/startup/secure:v1-soci", *lazy.args(), "--json",
+            *access, stdin=registry.password + "\n",
+        )  # fmt: skip
+        (variant,) = _report(proc)["variants"]
+        assert variant["fuse_mounts"] == 2 and [x["how"] for x in variant["layers"]] == [
+            "remote",
+            "lazy",
+            "lazy",
+        ]
+        assert registry.password not in proc.stdout + proc.stderr
+    finally:
+        registry.stop()

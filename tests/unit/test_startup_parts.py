@@ -100,7 +100,7 @@ def test_the_recorded_list_is_what_index_reads_as_a_prefetch_list(tmp_path: Path
 
 def _variant(name: str, total: float, fetched: int, *, lazy_layers: int = 1) -> VariantReport:
     report = VariantReport(name, "x", total_seconds=total, bytes_fetched=fetched)
-    report.layers = [LayerOutcome("d", 1, "remote" if i < lazy_layers else "unpacked") for i in range(2)]
+    report.layers = [LayerOutcome("d", 1, "lazy" if i < lazy_layers else "remote") for i in range(2)]
     return report
 
 

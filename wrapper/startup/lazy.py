@@ -59,11 +59,13 @@ def start_lazy(
             f"the lazy start needs soci-snapshotter-grpc: {why}",
             hint="or run only the full pull with --no-lazy",
         )
+    # The snapshotter is told the image lives at the counting proxy (the CRI labels name it so): it fetches
+    # everything from there, in plain HTTP on loopback, the SOCI index and zTOCs too (those it fetches from the
+    # image's registry itself, whatever mirror it is given), and the proxy fetches from the registry.
     creds = registry.credentials.get(reference.registry)
     access = RegistryAccess(
-        host=reference.registry,
+        host=mirror.address,
         plain_http=True,
-        mirror=mirror.address,
         username=creds.username if creds else None,
         password=creds.password if creds else None,
     )

@@ -80,6 +80,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         try:
             self.send_response(response.status)
             for key, value in response.headers.items():
+                if key.lower() == "location" and value.startswith(server.upstream + "/"):
+                    value = value[len(server.upstream) :]  # back through us, not straight to the registry
                 if key.lower() not in _HOP_BY_HOP and key.lower() != "content-length":
                     self.send_header(key, value)
             declared = response.headers.get("Content-Length")

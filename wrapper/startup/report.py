@@ -34,7 +34,7 @@ class VariantReport:
 
     @property
     def lazy_layers(self) -> int:
-        return sum(1 for layer in self.layers if layer.how == "remote")
+        return sum(1 for layer in self.layers if layer.how == "lazy")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -76,8 +76,9 @@ def cri_labels(reference: str, manifest: str, layers: Sequence[Descriptor], inde
 
 @dataclass
 class LayerOutcome:
-    """How one layer got into the root filesystem: ``remote`` (the snapshotter served it itself: lazily when
-    it is a FUSE mount), ``unpacked`` (downloaded and unpacked here), ``present`` (already there)."""
+    """How one layer got into the root filesystem: ``lazy`` (the snapshotter mounted it with FUSE: fetched as
+    read), ``remote`` (the snapshotter made it itself, from the whole layer), ``unpacked`` (downloaded and
+    unpacked here), ``present`` (already there)."""
 
     digest: str
     size: int
@@ -145,6 +146,8 @@ class RootfsBuilder:
         snapshotter: str,
         remote: bool,
         registry: RegistryClient,
+        remote_reference: str | None = None,
+        fuse_mounts: Callable[[], int] = lambda: 0,
         reporter: Reporter,
         max_concurrent_downloads: int = 4,
     ) -> None:
@@ -162,6 +165,9 @@ class RootfsBuilder:
         self.layers = list(target.layers)
         self.chains = chain_ids(diff_ids)
         self.remote = remote
+        # The image as the remote snapshotter is told to fetch it (through the counting proxy).
+        self.remote_reference = remote_reference or str(image.reference)
+        self.fuse_mounts = fuse_mounts  # how many FUSE mounts the snapshotter has: a new one is a lazy layer
         self.registry = registry
         self.reporter = reporter
         self.max_concurrent_downloads = max_concurrent_downloads
@@ -173,7 +179,7 @@ class RootfsBuilder:
     def _labels(self, index: int) -> dict[str, str]:
         labels = {SNAPSHOT_REF: self.chains[index]}
         if self.remote:
-            labels |= cri_labels(str(self.image.reference), self.manifest, self.layers, index)
+            labels |= cri_labels(self.remote_reference, self.manifest, self.layers, index)
         return labels
 
     def prepare_layer(self, index: int, *, unpack: Callable[[str], bool] | None) -> bool:
@@ -186,6 +192,7 @@ class RootfsBuilder:
             outcome.how = "present"
             return True
         key = f"extract-{time.time_ns()}-{secrets.token_hex(3)} {chain}"
+        mounted_before = self.fuse_mounts() if self.remote else 0
         mounts = self.snapshots.prepare(
             key,
             self.chains[index - 1] if index else "",
@@ -195,7 +202,8 @@ class RootfsBuilder:
         )
         if mounts is None:  # the snapshotter made the layer itself
             self._note(chain)
-            outcome.how, outcome.seconds = "remote", time.monotonic() - started
+            outcome.how = "lazy" if self.fuse_mounts() > mounted_before else "remote"
+            outcome.seconds = time.monotonic() - started
             return True
         self._keys.append(key)
         if unpack is None or not unpack(layer.digest):
@@ -239,7 +247,10 @@ class RootfsBuilder:
     def build(self, container_key: str) -> Rootfs:
         """Every layer, then the container's own active snapshot on top."""
         if self.remote:
-            # Only the layers the snapshotter hands back are downloaded, each when it does.
+            # As a CRI pull does: the manifest and config into containerd's content store first (a remote
+            # snapshotter reads them there to unpack a layer it has no zTOC for); then only the layers the
+            # snapshotter hands back are downloaded, each when it does.
+            self._fetch(frozenset(layer.digest for layer in self.layers))
             for index in range(len(self.layers)):
                 self.prepare_layer(index, unpack=self._fetch_one)
         elif self.layers:
@@ -255,10 +266,14 @@ class RootfsBuilder:
 
     def _fetch_one(self, digest: str) -> bool:
         """Download one layer's blob into the content store (the pull of the image, that layer only)."""
-        others = frozenset(layer.digest for layer in self.layers if layer.digest != digest)
-        options = PullOptions(full=True, skip_layers=others)
-        Puller(self.registry, self.client, options, self.reporter).run(self.image)
+        self._fetch(frozenset(layer.digest for layer in self.layers if layer.digest != digest))
         return True
+
+    def _fetch(self, skip: frozenset[str]) -> None:
+        """The image's pull into the content store (manifests, config), without the layers in ``skip``."""
+        Puller(self.registry, self.client, PullOptions(full=True, skip_layers=skip), self.reporter).run(
+            self.image
+        )
 
     def _pull_and_unpack(self, start: int) -> PullResult:
         """Download the layers from ``start`` on (here) while they are unpacked in order (in a thread)."""

@@ -183,6 +183,8 @@ def _run_variant(
                 snapshotter=daemons.snapshotter,
                 remote=kind == LAZY,
                 registry=metered,
+                remote_reference=str(_at(ref, daemons.mirror.address)),
+                fuse_mounts=daemons.fuse_mounts,
                 reporter=reporter,
                 max_concurrent_downloads=request.max_concurrent_downloads,
             )
@@ -270,3 +272,8 @@ def _remove_rootfs(builder: RootfsBuilder) -> None:
     left = builder.remove()
     if left:
         log.warning("%d snapshots could not be removed (they go with the run's containerd)", left)
+
+
+def _at(ref: Reference, host: str) -> Reference:
+    """``ref`` with another registry host (the counting proxy in front of its own)."""
+    return Reference(host, ref.repository, tag=ref.tag, digest=ref.digest)
