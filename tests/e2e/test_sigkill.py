@@ -145,11 +145,15 @@ def kill_and_check(run: Run, mode: str, *, leaves: str = "") -> dict[str, Any]:
         tree.pop(watchdog)
     proc.kill()
     proc.wait(timeout=10)
-    deadline = time.monotonic() + GONE_WITHIN
+    killed_at = time.monotonic()
+    deadline = killed_at + GONE_WITHIN
     expected_left = {p for p, cmd in still_running(tree).items() if leaves and leaves in cmd}
     while set(still_running(tree)) - expected_left and time.monotonic() < deadline:
         time.sleep(0.05)
     left = still_running(tree)
+    print(
+        f"{mode}: {len(tree)} processes, all but {len(left)} gone {time.monotonic() - killed_at:.2f} s after"
+    )
     if mode == "tool":
         assert left == {}, left  # containerd, soci and its child, the snapshotter, the watchdog: all gone
         assert not any(p.name.startswith("soci-wrapper-") for p in work.iterdir())  # the watchdog removed it
