@@ -15,6 +15,7 @@ from wrapper.core.report import (
     LayerReport,
     PlatformIndex,
     PlatformSkipped,
+    PrefetchArtifact,
 )
 from wrapper.run.batch import BatchReport, ImageResult
 from wrapper.run.doctor import Check as DoctorCheck
@@ -57,6 +58,7 @@ def index_report(status: str = "indexed") -> IndexReport:
                     LayerReport(MIDDLE, 12 * MIB, "reused", ztoc=MIDDLE, source="cache"),
                     LayerReport(SMALL, 1000, "skipped"),
                 ],
+                prefetch=[PrefetchArtifact("sha256:" + "ef" * 32, BIG, spans=3, ranges=2)],
             )
         ],
         not_indexed=[PlatformSkipped("linux/arm64", DIGEST, "every layer is under --min-layer-size")],
@@ -79,6 +81,7 @@ def test_index_summary() -> None:
         " platforms             linux/amd64, linux/arm64",
         f" index linux/amd64     {INDEX}",
         "                       2 zTOCs; 2 layers indexed (32.0 MiB), 1 of them reused, 1 skipped (1000 B)",
+        "                       prefetch: 1 artifact (3 spans)",
         " no index linux/arm64  every layer is under --min-layer-size",
         " push                  2 attempts (transient registry errors retried)",
         " pushed tag            app-soci (unchanged)",

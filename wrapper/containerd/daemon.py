@@ -10,7 +10,7 @@ because it is gone, and the ``with`` block it ends, report one error that says s
 the end of its log.
 
 The daemon is started, stopped and tied to this process's life by the process supervisor
-(``wrapper.core.processes``; ``wrapper.system.supervisor``): a soci-wrapper killed with SIGKILL leaves no
+(``wrapper.system.supervisor``): a soci-wrapper killed with SIGKILL leaves no
 containerd behind. A caller adds what its daemon needs to the config: proxy plugins (a remote snapshotter
 such as soci-snapshotter-grpc), and plugins that are disabled by default (the runtime, to run containers).
 
@@ -57,8 +57,8 @@ from wrapper.containerd.config import (
     render_config,
 )
 from wrapper.core.errors import ContainerdError, MissingDependencyError
-from wrapper.core.processes import ChildProcess, Processes, processes
 from wrapper.core.util import one_line
+from wrapper.system.supervisor import Child, Supervisor, supervisor
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +86,14 @@ _WATCH_INTERVAL = 0.1
 
 def find_containerd(binary: str = "containerd") -> str | None:
     """The full path of the containerd program (``binary`` may be a name or a path), or None."""
-    return processes().find_program("containerd", explicit=binary)
+    return supervisor().find_program("containerd", explicit=binary)
 
 
 @functools.cache  # asked by the preflight and again by the daemon start: run it once per program
 def containerd_binary_version(path: str) -> str:
     """The version printed by ``containerd --version``, without a leading ``v`` (``1.6.20~ds1``, ``2.2.6``)."""
     try:
-        proc = processes().run([path, "--version"], name="containerd --version", timeout=10)
+        proc = supervisor().run([path, "--version"], name="containerd --version", timeout=10)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise MissingDependencyError(f"cannot run {path} --version: {exc}") from None
     # "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3"
@@ -139,7 +139,7 @@ class ManagedContainerd:
         stop_timeout: float = 10.0,
         proxy_plugins: Sequence[ProxyPlugin] = (),
         enable_plugins: Collection[str] = (),
-        processes: Processes | None = None,
+        processes: Supervisor | None = None,
     ) -> None:
         self._requested_dir = Path(work_dir) if work_dir is not None else None
         self._binary = binary
@@ -153,7 +153,7 @@ class ManagedContainerd:
         self._created_work_dir = False
         self._socket_dir: Path | None = None  # a short extra directory when work_dir is too deep
         self._address: str | None = None
-        self._proc: ChildProcess | None = None
+        self._proc: Child | None = None
         self._log_file: IO[bytes] | None = None
         self._binary_version: str | None = None
         self._stopping = threading.Event()  # set by stop(): an exit from here on is expected
@@ -164,9 +164,9 @@ class ManagedContainerd:
     # -- properties -------------------------------------------------------------------------------------
 
     @property
-    def processes(self) -> Processes:
+    def processes(self) -> Supervisor:
         if self._processes is None:
-            self._processes = processes()
+            self._processes = supervisor()
         return self._processes
 
     @property

@@ -42,13 +42,12 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from wrapper.core import processes as _interface
-from wrapper.core.processes import Stream
 from wrapper.system import binaries, cleanup
 
 log = logging.getLogger("wrapper.system.supervisor")
 
 T = TypeVar("T")
+Stream = int | IO[Any] | None  # what a child's stdout or stderr may be, as for subprocess.Popen
 _REAP_TIMEOUT = 10.0  # after SIGKILL (a process in uninterruptible sleep may take a moment)
 
 # Run with ``python -I -S -c`` where setpriv cannot set the parent-death signal: argv[1] is the tool's pid.
@@ -177,7 +176,7 @@ class _Watchdog:
 
 
 class Child:
-    """A child the supervisor started (see ``wrapper.core.processes.ChildProcess``)."""
+    """A child the supervisor started ."""
 
     def __init__(
         self,
@@ -444,7 +443,6 @@ def _check_program(program: str, env: Mapping[str, str] | None) -> None:
 
 _SUPERVISOR = Supervisor()
 atexit.register(_SUPERVISOR.close)
-_interface.install(lambda: _SUPERVISOR)
 
 
 def supervisor() -> Supervisor:
