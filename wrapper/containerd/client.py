@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import TracebackType
 
 from wrapper.containerd.channel import Connection, DaemonExitedError
 from wrapper.containerd.containers import ContainersService
@@ -94,10 +93,5 @@ class ContainerdClient:
     def __enter__(self) -> ContainerdClient:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

@@ -67,16 +67,7 @@ def _upload_once(
     chunk_size: int | None,
 ) -> None:
     what = f"upload of blob {descriptor.digest}"
-    start = transport.request(
-        "POST",
-        transport.url(ref, "blobs/uploads/"),
-        ref=ref,
-        push=True,
-        headers={"Content-Length": "0"},
-        body=b"",
-        retry=False,
-        what=what,
-    )
+    start = _empty(transport, "POST", transport.url(ref, "blobs/uploads/"), ref, what)
     discard(start)
     location = _location(transport, ref, start)
     if chunk_size is None:
@@ -110,20 +101,21 @@ def _upload_once(
             discard(patch)
             offset += len(chunk)
             location = _location(transport, ref, patch)
-        response = transport.request(
-            "PUT",
-            add_query(location, {"digest": descriptor.digest}),
-            ref=ref,
-            push=True,
-            headers={"Content-Length": "0"},
-            body=b"",
-            retry=False,
-            what=what,
-        )
+        response = _empty(transport, "PUT", add_query(location, {"digest": descriptor.digest}), ref, what)
     discard(response)
     returned = response.headers.get("Docker-Content-Digest")
     if returned and returned != descriptor.digest:
         raise RegistryError(f"{ref.registry} stored blob {descriptor.digest} as {returned}")
+
+
+def _empty(
+    transport: Transport, method: str, url: str, ref: Reference, what: str
+) -> urllib3.BaseHTTPResponse:
+    """An upload request without a body (the POST that opens an upload, the PUT that closes a chunked one);
+    never retried on its own: the whole upload is."""
+    return transport.request(
+        method, url, ref=ref, push=True, headers={"Content-Length": "0"}, body=b"", retry=False, what=what
+    )
 
 
 def _location(transport: Transport, ref: Reference, response: urllib3.BaseHTTPResponse) -> str:

@@ -100,15 +100,7 @@ def index_image(
             if (kind := soci_artifact(top)) is not None:  # e.g. the push event of this tool's own output
                 return _not_an_image(request, top.descriptor.digest, kind, stages)
             image = resolve_image(registry, ref, request.pull)
-        report = IndexReport(
-            image=str(request.reference),
-            digest=image.digest,
-            soci_version=request.soci_version,
-            status="indexed",
-            platforms=[str(p.platform) for p in image.selected],
-            stages=stages.seconds,
-            prefetch_files=len(request.prefetch_files),
-        )
+        report = _indexing_report(request, str(request.reference), image, stages)
         # Platforms whose layers are all under --min-layer-size get no index: known from the manifest alone.
         image = _only_indexable(image, request.pull.min_layer_size, report, reporter)
         existing: list[PlatformIndex] | None = None
@@ -291,15 +283,7 @@ def run_index_from_oci(
         with Session(daemon_options, stages) as session, open_registry(ref, registry_options) as registry:
             with stages("authenticate", ref.registry):
                 registry.credentials.get(ref.registry)
-            report = IndexReport(
-                image=str(ref),
-                digest=image.digest,
-                soci_version=request.soci_version,
-                status="indexed",
-                platforms=[str(p.platform) for p in image.selected],
-                stages=stages.seconds,
-                prefetch_files=len(request.prefetch_files),
-            )
+            report = _indexing_report(request, str(ref), image, stages)
             indexable = _only_indexable(image, request.pull.min_layer_size, report, reporter)
             push_auth = _push_auth(registry, ref) if request.soci_version == "V1" else None
             client = session.client()
@@ -336,6 +320,19 @@ def _find_reusable(
     if found:
         reporter.info(f"    {len(found)} of {len(wanted)} zTOCs found; their layers are not pulled")
     return found
+
+
+def _indexing_report(request: IndexRequest, name: str, image: ResolvedImage, stages: Stages) -> IndexReport:
+    """The report of an image about to be indexed, filled in as the stages go."""
+    return IndexReport(
+        image=name,
+        digest=image.digest,
+        soci_version=request.soci_version,
+        status="indexed",
+        platforms=[str(p.platform) for p in image.selected],
+        stages=stages.seconds,
+        prefetch_files=len(request.prefetch_files),
+    )
 
 
 def _not_an_image(request: IndexRequest, digest: str, kind: str, stages: Stages) -> IndexReport:
