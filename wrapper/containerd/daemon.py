@@ -35,7 +35,7 @@ import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import Self
 
 import grpc
 from google.protobuf import empty_pb2
@@ -154,7 +154,6 @@ class ManagedContainerd:
         self._socket_dir: Path | None = None  # a short extra directory when work_dir is too deep
         self._address: str | None = None
         self._proc: Child | None = None
-        self._log_file: IO[bytes] | None = None
         self._binary_version: str | None = None
         self._stopping = threading.Event()  # set by stop(): an exit from here on is expected
         self._watchdog: threading.Thread | None = None
@@ -325,15 +324,13 @@ class ManagedContainerd:
                 enable_plugins=self.enable_plugins,
             )
         )
-        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the daemon's lifetime
         log.debug("starting %s --config %s", binary, config)
         try:
             # Its own process group: a Ctrl-C in the terminal reaches us, and we stop the daemon cleanly.
             self._proc = self.processes.start(
                 [binary, "--config", str(config)],
                 name="containerd",
-                stdout=self._log_file,
-                stderr=subprocess.STDOUT,
+                log_file=self.log_path,
             )
         except OSError as exc:
             raise ContainerdError(f"cannot start {binary}: {exc.strerror or exc}") from None
@@ -375,9 +372,6 @@ class ManagedContainerd:
         proc, self._proc = self._proc, None
         if proc is not None and proc.stop(self.stop_timeout):
             log.warning("containerd (pid %s) ignored SIGTERM for %ss; killed it", proc.pid, self.stop_timeout)
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
         self._cleanup()
 
     def _cleanup(self) -> None:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from wrapper.containerd.daemon import ProxyPlugin
 from wrapper.core.errors import ContainerdError, MissingDependencyError
@@ -180,7 +180,6 @@ class SnapshotterDaemon:
             address = self._socket_dir / "snapshotter.sock"
         self.address = str(address)
         self._proc: Child | None = None
-        self._log: IO[bytes] | None = None
         self._auth: PrivateDockerConfig | None = None
 
     @property
@@ -220,10 +219,9 @@ class SnapshotterDaemon:
             prefix="auth-",
         )  # fmt: skip
         env = {**os.environ, **self._auth.open()}
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the daemon's lifetime
         try:
             self._proc = supervisor().start(
-                argv, name="soci-snapshotter-grpc", stdout=self._log, stderr=subprocess.STDOUT, env=env
+                argv, name="soci-snapshotter-grpc", log_file=self.log_path, env=env
             )
         except OSError as exc:
             self.stop()
@@ -310,9 +308,6 @@ class SnapshotterDaemon:
         proc, self._proc = self._proc, None
         if proc is not None:
             proc.stop(_STOP_TIMEOUT)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
         for mountpoint in cleanup.unmount_under(self.root):
             log.warning("unmounted %s, left behind by soci-snapshotter-grpc", mountpoint)
         if self._auth is not None:

@@ -13,12 +13,11 @@ one of the namespace's (``/proc/<init>/root/proc/<pid>``).
 from __future__ import annotations
 
 import logging
-import subprocess
 import sys
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import Self
 
 from wrapper.core.errors import ContainerdError
 from wrapper.system.supervisor import Child, supervisor
@@ -44,7 +43,6 @@ class Sandbox:
     def __init__(self, work_dir: Path) -> None:
         self.work_dir = work_dir
         self._proc: Child | None = None
-        self._log: IO[bytes] | None = None
         self._init_pid: int | None = None
 
     @property
@@ -58,12 +56,11 @@ class Sandbox:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         pid_file = self.work_dir / "init.pid"
         argv = script("hold", str(pid_file), *(a for d in PRIVATE_TMPFS for a in ("--tmpfs", d)))
-        self._log = open(self.work_dir / "nsinit.log", "ab")  # noqa: SIM115 - kept open while it runs
         try:
             # The supervisor ties it to this process's life: if soci-wrapper is killed, so is the namespaces'
             # init, and with it everything inside.
             self._proc = supervisor().start(
-                argv, name="start-up namespaces", stdout=self._log, stderr=subprocess.STDOUT
+                argv, name="start-up namespaces", log_file=self.work_dir / "nsinit.log"
             )
         except OSError as exc:
             self.stop()
@@ -103,9 +100,6 @@ class Sandbox:
         proc, self._proc = self._proc, None
         if proc is not None:
             proc.stop(_STOP_TIMEOUT)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
         self._init_pid = None
 
     def __enter__(self) -> Self:

@@ -277,18 +277,25 @@ class Supervisor:
         env: Mapping[str, str] | None = None,
         text: bool = False,
         tags: Collection[str] = (),
+        log_file: Path | None = None,
     ) -> Child:
         """Start ``argv`` as a child (its own process group, tied to this process's life). Raises what
-        ``subprocess.Popen`` raises when the program is missing (FileNotFoundError, PermissionError)."""
+        ``subprocess.Popen`` raises when the program is missing (FileNotFoundError, PermissionError).
+        ``log_file``: its stdout and stderr are appended to that file (a daemon's log; this process keeps no
+        handle on it)."""
         argv = [str(a) for a in argv]
         _check_program(argv[0], env)
         launch = [*self._pdeathsig(), *argv]
 
         def spawn() -> Child:
-            proc = subprocess.Popen(
-                launch, stdin=stdin, stdout=stdout, stderr=stderr, env=None if env is None else dict(env),
-                text=text, bufsize=1 if text else -1, start_new_session=True,
-            )  # fmt: skip
+            with contextlib.ExitStack() as stack:
+                out, err = stdout, stderr
+                if log_file is not None:
+                    out, err = stack.enter_context(open(log_file, "ab")), subprocess.STDOUT
+                proc = subprocess.Popen(
+                    launch, stdin=stdin, stdout=out, stderr=err, env=None if env is None else dict(env),
+                    text=text, bufsize=1 if text else -1, start_new_session=True,
+                )  # fmt: skip
             child = Child(self, proc, argv, name, tags)
             self._register(child)
             return child
