@@ -35,6 +35,7 @@ from wrapper.core.models import SOCI_INDEX_V1, SOCI_LAYER_DIGEST_ANNOTATION
 from wrapper.core.reference import Reference
 from wrapper.registry.auth import CredentialStore
 from wrapper.registry.client import RegistryClient
+from wrapper.soci.pullmodes import V1_NOTE
 
 COLUMNS, ROWS = 120, 60
 SMALL = 100 * 1024
@@ -450,6 +451,7 @@ def test_plain_progress_lines(
     stderr = plain_stderr(registry, ref, soci_bin, tmp_path / "work", how)
     assert "\x1b" not in stderr, repr(stderr)
     lines = stderr.splitlines()
+    assert lines.pop() == f"note: {V1_NOTE}"  # a V1 run's note, last and once (tests/e2e/test_v1_note.py)
     assert all(line.startswith(("==> ", "    ")) for line in lines), stderr
     at = stage_rows(lines)
     assert lines[at["authenticate"]] == f"==> authenticate: {registry.host}"

@@ -13,7 +13,7 @@ from wrapper.core.errors import ExitCode, UsageError, WrapperError
 from wrapper.core.options import DaemonOptions, IndexRequest, RegistryOptions
 from wrapper.core.progress import PrefixedReporter, QuietReporter, Reporter
 from wrapper.core.report import IndexReport, Stages
-from wrapper.run.pipeline import index_image
+from wrapper.run.pipeline import index_image, v1_note
 from wrapper.run.session import Session, check_containerd
 from wrapper.soci.runner import check_soci, kill_running_soci
 
@@ -37,6 +37,7 @@ class BatchReport:
     images: list[ImageResult] = field(default_factory=list)
     seconds: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # the run's, once (each image's are in its report)
 
     @property
     def failed(self) -> list[ImageResult]:
@@ -63,6 +64,7 @@ class BatchReport:
                 "seconds": round(self.seconds, 3),
             },
             "stages": self.stages,
+            "warnings": self.warnings,
         }
 
 
@@ -112,4 +114,5 @@ def run_index_many(
         pool.shutdown(wait=True)
     batch.seconds = time.monotonic() - started
     batch.stages = session_stages.seconds
+    batch.warnings += v1_note([r.report for r in batch.images if r.report is not None], reporter)
     return batch

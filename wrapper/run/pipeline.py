@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -43,6 +43,7 @@ from wrapper.run.session import Session, check_containerd, containerd_session, o
 from wrapper.soci.existing import find_existing_indexes, prefetch_of_indexes, soci_artifact
 from wrapper.soci.indexing import Indexing
 from wrapper.soci.prebuild import Prebuilder, fast_pull_rate
+from wrapper.soci.pullmodes import V1_NOTE
 from wrapper.soci.reuse import DEFAULT_SPAN_SIZE, Reusable, find_reusable
 from wrapper.soci.runner import PushAuth, Soci, check_soci, unindexable_reason
 
@@ -83,7 +84,18 @@ def run_index(
     check_containerd(daemon_options)
     stages = Stages(reporter)
     with Session(daemon_options, stages) as session:
-        return index_image(request, registry_options, session, soci_bin, stages)
+        report = index_image(request, registry_options, session, soci_bin, stages)
+    report.warnings += v1_note([report], reporter)
+    return report
+
+
+def v1_note(reports: Iterable[IndexReport], reporter: Reporter) -> list[str]:
+    """A run that made or found a SOCI index manifest v1: the note that a stock soci-snapshotter-grpc does not
+    load it lazily, shown once (a progress line: not with --quiet) and returned for the report's warnings."""
+    if not any(r.soci_version == "V1" and r.status != "not-an-image" for r in reports):
+        return []
+    reporter.info(f"note: {V1_NOTE}")
+    return [V1_NOTE]
 
 
 def index_image(
@@ -301,6 +313,7 @@ def run_index_from_oci(
             )
             with _removed_after(session, run_dir):
                 _index_and_push(indexing, push_auth, client, registry, image.index_body)
+    report.warnings += v1_note([report], reporter)
     return report
 
 
