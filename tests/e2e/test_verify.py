@@ -49,6 +49,7 @@ from wrapper.core.models import (
 from wrapper.core.reference import Reference
 from wrapper.registry.auth import CredentialStore
 from wrapper.registry.client import RegistryClient
+from wrapper.soci.pullmodes import V1_NOTE
 from wrapper.verify.content_checks import ZtocFile, choose_sample
 from wrapper.verify.ztocfmt import ZtocFormatError, read_ztoc
 
@@ -184,13 +185,16 @@ def snapshotter() -> str:
 
 def assert_valid_at_every_level(report: dict[str, Any], platforms: int) -> None:
     """Every platform: 2 of its 3 layers indexed, each checked at every level, mounted lazily by the
-    snapshotter (one FUSE mount each), and the files read through soci and through FUSE match the layer."""
+    snapshotter (one FUSE mount each), and the files read through soci and through FUSE match the layer.
+    What a stock snapshotter does is said per platform (assert_default_pull_modes)."""
     assert report["status"] == "valid", report["problems"]
     assert report["exit_code"] == 0 and report["problems"] == []
     assert report["levels"] == {"registry": "run", "content": "run", "consumer": "run"}
     assert len(report["platforms"]) == platforms
+    assert report["warnings"] == [w for p in report["platforms"] for w in p["warnings"]]
     for platform in report["platforms"]:
         assert platform["ok"] and platform["soci_index_digest"]
+        assert_default_pull_modes(platform)
         assert platform["layers_covered"] == 2 and platform["layers_not_covered"] == 1
         assert platform["fuse_mounts"] == 2  # one fuse.rawBridge mount per indexed layer
         for layer in platform["layers"]:
@@ -204,6 +208,37 @@ def assert_valid_at_every_level(report: dict[str, Any], platforms: int) -> None:
             assert layer["files_compared"] in (6, 3)
             assert layer["files_read_lazily"] == layer["files_compared"]
             assert layer["bytes_compared"] > 2_000_000
+
+
+def assert_default_pull_modes(platform: dict[str, Any]) -> None:
+    """A V2 index is verified with the snapshotter's default pull modes, and no more is said. A V1 index is
+    pulled with them first: the snapshotter hands the image back to the runtime (nothing lazy), which the
+    report says as a warning with the config line that changes it (never a failure); then it is verified by a
+    snapshotter with that line."""
+    checks = {c["check"]: c for c in platform["checks"]}
+    lazy_pull = checks["lazy-pull"]
+    assert lazy_pull["ok"] and not lazy_pull["warning"]
+    if platform["soci_version"] == "V2":
+        assert platform["lazy_by_default"] is True and platform["warnings"] == []
+        assert "default-pull-modes" not in checks
+        assert "with its default pull modes" in lazy_pull["detail"]
+        return
+    assert platform["lazy_by_default"] is False
+    default = checks["default-pull-modes"]
+    assert default["level"] == "consumer" and default["ok"] is True and default["warning"] is True
+    detail = default["detail"]
+    assert detail.startswith(
+        "a stock soci-snapshotter-grpc (v0.10.0 and later; default pull modes: SOCI index manifest v2 only) does "
+        "not load this V1 index lazily: it handed layer "
+    )
+    # What the snapshotter logged, and that nothing was mounted; the line that makes it lazy; the other way.
+    assert '(its log: "soci v1 is disabled"), which pulls and unpacks the whole image' in detail
+    assert "(0 of 2 indexed layers mounted lazily)" in detail
+    assert "[pull_modes.soci_v1] enable = true in its config.toml" in detail
+    assert "--soci-version V2" in detail
+    assert platform["warnings"] == [f"{platform['platform']}: {detail}"]
+    assert "with [pull_modes.soci_v1] enable = true" in lazy_pull["detail"]
+    assert "0 of" not in lazy_pull["detail"] and "2 of 2 indexed layers mounted lazily" in lazy_pull["detail"]
 
 
 def exited(proc: subprocess.CompletedProcess[str], report: dict[str, Any], code: int) -> None:
@@ -233,7 +268,15 @@ def test_v1_single_platform_passes_every_level_through_containerd2(
     assert platform["soci_version"] == "V1"
     assert platform["discovered_via"].startswith("referrers tag sha256-")  # docker-registry: no referrers API
     lazy_pull = next(c for c in platform["checks"] if c["check"] == "lazy-pull")
-    assert "containerd 2." in lazy_pull["detail"] and "proxy snapshotter 'soci'" in lazy_pull["detail"]
+    # V1 is verified by the second snapshotter, the one with v1 enabled.
+    assert "containerd 2." in lazy_pull["detail"] and "proxy snapshotter 'soci-v1'" in lazy_pull["detail"]
+    # The human form: the platform's title, the warning, and a verdict that is still valid (exit 0).
+    human = run_cli("verify", str(world.single_ref), "--soci-bin", world.soci, "--snapshotter-bin", snapshotter,
+                    "--containerd-bin", containerd2_bin)  # fmt: skip
+    assert human.returncode == 0, human.stderr
+    assert "not lazy with the snapshotter's default pull modes" in human.stdout
+    assert "warnings:" in human.stdout and "[pull_modes.soci_v1] enable = true" in human.stdout
+    assert "every SOCI index is valid (registry, content, consumer checks, 1 warning)" in human.stdout
 
 
 def test_v2_single_platform_passes_every_level_with_containerd16(
@@ -290,6 +333,9 @@ def test_index_verify_checks_what_was_pushed(world: World) -> None:
     assert checked["status"] == "valid" and checked["exit_code"] == 0
     assert checked["platforms"][0]["soci_index_digest"] == report["indexes"][0]["soci_index_digest"]
     assert checked["levels"]["registry"] == checked["levels"]["content"] == "run"
+    assert report["warnings"] == [V1_NOTE]  # index's note, once; verify's own warning in its report
+    (warning,) = checked["warnings"]
+    assert warning.startswith("linux/amd64: ") and "[pull_modes.soci_v1] enable = true" in warning
 
 
 def test_v1_discovery_through_the_referrers_api_on_zot(
@@ -320,6 +366,11 @@ def test_consumer_level_not_run_says_why(
         "not run: soci-snapshotter-grpc not found at /nonexistent/soci-snapshotter-grpc"
     )
     assert report["platforms"][0]["fuse_mounts"] is None
+    # Not seen, so said as the snapshotter's documented default, and said to be unchecked.
+    assert report["platforms"][0]["lazy_by_default"] is None
+    assert report["warnings"] == [
+        f"linux/amd64: {V1_NOTE} (not seen here: the consumer level did not pull this platform)"
+    ]
 
     proc, report = world.verify(
         world.single_ref, "--containerd-address", containerd.address, "--namespace", containerd_namespace

@@ -20,6 +20,7 @@ from wrapper.core.report import (
 from wrapper.run.batch import BatchReport, ImageResult
 from wrapper.run.doctor import Check as DoctorCheck
 from wrapper.run.doctor import DoctorReport
+from wrapper.soci.pullmodes import V1_NOTE
 from wrapper.verify.report import LayerResult, PlatformResult, VerifyReport
 
 IMAGE = "registry.example/app:1"
@@ -162,6 +163,8 @@ def test_verify_summary() -> None:
         "333333333333  1000 B    -             -         -        -         small",
         "problems:",
         f"  - linux/amd64: layer {BIG}: file data/a differs",
+        "warnings:",  # a V1 index the consumer level did not pull: the snapshotter's documented default
+        f"  - linux/amd64: {V1_NOTE} (not seen here: the consumer level did not pull this platform)",
         f"invalid SOCI index: linux/amd64: layer {BIG}: file data/a differs",
     ]
 

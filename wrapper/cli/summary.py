@@ -118,10 +118,10 @@ def print_verify(out: Console, report: VerifyReport) -> None:
     out.print(summary)
     for platform in report.platforms:
         out.print(_platform_table(platform), highlight=False)
-    problems = report.problems()
-    if problems:
-        out.print("problems:", style="bold")
-        for line in problems:
+    for title, lines in (("problems:", report.problems()), ("warnings:", report.warnings())):
+        if lines:
+            out.print(title, style="bold")
+        for line in lines:
             out.print(f"  - {line}", highlight=False, markup=False)
     out.print(report.summary(), highlight=False, markup=False)
 
@@ -134,6 +134,8 @@ def _platform_table(platform: PlatformResult) -> Table:
         )
         if platform.fuse_mounts is not None:
             title += f"; {platform.fuse_mounts} FUSE mounts"
+        if platform.lazy_by_default is False:
+            title += "; not lazy with the snapshotter's default pull modes"
     else:
         title = f"{platform.platform}: no SOCI index (manifest {platform.manifest_digest})"
     table = Table(title=title, title_justify="left", box=None, pad_edge=False)

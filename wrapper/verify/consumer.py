@@ -1,7 +1,12 @@
 """Level 3, the consumer: the real SOCI snapshotter pulls the image lazily, and files read through it match.
 
 soci-snapshotter-grpc (``wrapper.soci.snapshotter``) runs as the proxy snapshotter ``soci`` of a private
-containerd (``ManagedContainerd(proxy_plugins=...)``), with the pull mode of the index being verified.
+containerd (``ManagedContainerd(proxy_plugins=...)``) with its default pull modes, as a stock snapshotter has
+them (v0.10 and later: SOCI index manifest v2 only). A V2 index is verified with those. A V1 index is first
+pulled with them too, and what a stock snapshotter does with it is reported (it hands the image back to the
+container runtime: nothing is lazy; ``probe_default``); then a second snapshotter, ``soci-v1``, with
+``[pull_modes.soci_v1] enable = true`` (its own root, socket and proxy plugin name, so that nothing of the
+first pull is in its way), verifies that the index loads lazily once that line is in the config.
 
 The pull uses containerd's Snapshots API (``wrapper.containerd.snapshots``) that does what containerd's unpacker does for a CRI
 or nerdctl pull: for each layer in order, Prepare ``extract-<unique> <chainID>`` with the parent chain ID and
@@ -29,11 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wrapper.containerd.client import ContainerdClient
+from wrapper.containerd.daemon import ProxyPlugin
 from wrapper.containerd.snapshots import SnapshotsService
 from wrapper.core.errors import ContainerdError, WrapperError
 from wrapper.core.progress import Reporter, short_digest
 from wrapper.core.util import one_line
 from wrapper.registry.client import RegistryClient
+from wrapper.soci.pullmodes import V1_CONFIG_LINE, V1_OFF_SINCE, v1_config_hint
 from wrapper.soci.snapshotter import FUSE_TYPE, PLUGIN_NAME, SnapshotterDaemon, check_snapshotter
 from wrapper.verify.content_checks import FileDigest, LayerSample
 from wrapper.verify.registry_checks import Image, Target, read_small
@@ -99,46 +106,126 @@ class Prepared:
     mountpoint: str | None
 
 
+@dataclass(frozen=True)
+class HandedBack:
+    """A layer the snapshotter handed back to the container runtime (no SOCI index it uses): why, in words."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """One snapshotter of the consumer level: its daemon, its name among containerd's proxy plugins, and its
+    pull modes (the stock ones, or with v1 enabled)."""
+
+    daemon: SnapshotterDaemon
+    name: str = PLUGIN_NAME
+
+    @property
+    def default_modes(self) -> bool:
+        return not self.daemon.config.soci_v1 and self.daemon.config.soci_v2
+
+    @property
+    def modes(self) -> str:
+        """Its pull modes, for the report."""
+        if self.default_modes:
+            return "its default pull modes"
+        v2 = "" if self.daemon.config.soci_v2 else ", v2 off"
+        return f"{V1_CONFIG_LINE}{v2}"
+
+    @property
+    def plugin(self) -> ProxyPlugin:
+        """Its entry among the proxy plugins of containerd's config."""
+        return ProxyPlugin(self.name, "snapshot", self.daemon.address)
+
+
 @dataclass
 class ConsumerSession:
     """The consumer level over one containerd (with the snapshotter as its proxy plugin)."""
 
-    daemon: SnapshotterDaemon
-    snapshots: SnapshotsService  # through containerd (snapshotter "soci"), or on the snapshotter's own socket
+    consumer: Consumer
+    snapshots: SnapshotsService  # through containerd (its proxy plugin), or on the snapshotter's own socket
     via: str  # which of the two, for the report
     registry: RegistryClient
     reporter: Reporter
     done: dict[str, str | None] = field(default_factory=dict)  # chain ID -> its FUSE mount point (or None)
 
-    def verify(self, image: Image, target: Target, samples: Mapping[str, LayerSample]) -> None:
-        result = target.result
+    @property
+    def daemon(self) -> SnapshotterDaemon:
+        return self.consumer.daemon
+
+    def _layer_labels(self, image: Image, target: Target) -> list[tuple[str, dict[str, str]]] | None:
+        """Per layer, in order: its chain ID and the labels a CRI pull prepares it with; None when the image
+        config's diff_ids do not match the manifest's layers."""
         config = json.loads(read_small(self.registry, image.reference, target.config))
         diff_ids = [str(d) for d in (config.get("rootfs") or {}).get("diff_ids", [])]
         if len(diff_ids) != len(target.layers):
-            result.add("consumer", "lazy-pull", False, "the image config's diff_ids do not match its layers")
-            return
+            return None
         chains = chain_ids(diff_ids)
         digests = [x.digest for x in target.layers]
+        return [
+            (
+                chains[i],
+                {
+                    SNAPSHOT_REF_LABEL: chains[i],
+                    IMAGE_REF_LABEL: str(image.reference),
+                    MANIFEST_DIGEST_LABEL: target.manifest.digest,
+                    LAYER_DIGEST_LABEL: layer.digest,
+                    IMAGE_LAYERS_LABEL: image_layers_label(digests[i:]),
+                },
+            )
+            for i, layer in enumerate(target.layers)
+        ]
+
+    def probe_default(self, image: Image, target: Target) -> None:
+        """What a stock snapshotter does with this V1 index: the layers prepared in order as a CRI pull does,
+        until the snapshotter hands one back to the runtime (which then pulls the image whole). Reported as
+        the platform's ``default-pull-modes`` check: it holds (the index is not at fault), with a warning when
+        not every indexed layer was mounted lazily. The checks of the index itself are made by another
+        snapshotter, with v1 enabled, on snapshots of its own."""
+        result = target.result
+        layers = self._layer_labels(image, target)
+        covered = sum(1 for x in result.layers if x.covered)
+        lazy, stopped = 0, "" if layers is not None else "the image config's diff_ids do not match its layers"
+        for i, layer in enumerate(target.layers if layers is not None else []):
+            assert layers is not None
+            outcome = self._prepared(layers, i, layer.digest)
+            if not isinstance(outcome, Prepared):
+                stopped = self._stopped(layer.digest, outcome)
+                break
+            report = result.layer(layer.digest)
+            lazy += 1 if outcome.mountpoint is not None and report is not None and report.covered else 0
+        result.lazy_by_default = lazy == covered and not stopped
+        counted = f"{lazy} of {covered} indexed layers mounted lazily"
+        if result.lazy_by_default:
+            detail = f"soci-snapshotter-grpc with its default pull modes loads this image lazily ({counted})"
+        else:
+            detail = (
+                f"a stock soci-snapshotter-grpc ({V1_OFF_SINCE} and later; default pull modes: SOCI index "
+                f"manifest v2 only) does not load this V1 index lazily: "
+                + (f"{stopped} ({counted})" if stopped else counted)
+                + f". It does with {v1_config_hint()}: the lazy-pull checks of this platform are made with "
+                "that line. Or index with --soci-version V2"
+            )
+        result.add("consumer", "default-pull-modes", True, detail, warning=not result.lazy_by_default)
+        self.reporter.info(f"    {target.platform}, default pull modes: {counted}")
+
+    def verify(self, image: Image, target: Target, samples: Mapping[str, LayerSample]) -> None:
+        result = target.result
+        layers = self._layer_labels(image, target)
+        if layers is None:
+            result.add("consumer", "lazy-pull", False, "the image config's diff_ids do not match its layers")
+            return
         mounted: list[str] = []
         for i, layer in enumerate(target.layers):
             report = result.layer(layer.digest)
             assert report is not None
-            labels = {
-                SNAPSHOT_REF_LABEL: chains[i],
-                IMAGE_REF_LABEL: str(image.reference),
-                MANIFEST_DIGEST_LABEL: target.manifest.digest,
-                LAYER_DIGEST_LABEL: layer.digest,
-                IMAGE_LAYERS_LABEL: image_layers_label(digests[i:]),
-            }
-            if chains[i] in self.done:  # shared with a platform verified before: prepared then
-                mountpoint = self.done[chains[i]]
-            else:
-                outcome = self._prepare(chains[i], chains[i - 1] if i else "", labels, layer.digest)
-                if isinstance(outcome, str):
-                    report.add("consumer", "lazy-pull", False, outcome)
-                    return
-                mountpoint = outcome.mountpoint
-                self.done[chains[i]] = mountpoint
+            outcome = self._prepared(layers, i, layer.digest)
+            if not isinstance(outcome, Prepared):
+                message = outcome.message if isinstance(outcome, HandedBack) else outcome
+                report.add("consumer", "lazy-pull", False, message)
+                return
+            mountpoint = outcome.mountpoint
             report.mountpoint = mountpoint
             report.lazy = mountpoint is not None
             if report.covered:
@@ -163,13 +250,15 @@ class ConsumerSession:
                 )
         result.fuse_mounts = len(mounted)
         covered = sum(1 for x in result.layers if x.covered)
+        if self.consumer.default_modes:
+            result.lazy_by_default = len(mounted) == covered
         result.add(
             "consumer",
             "lazy-pull",
             len(mounted) == covered,
-            f"pulled through the SOCI snapshotter (via {self.via}): {len(mounted)} of {covered} "
-            f"indexed layers mounted lazily ({FUSE_TYPE}), {len(target.layers) - covered} other layers "
-            "unpacked by the snapshotter",
+            f"pulled through the SOCI snapshotter with {self.consumer.modes} (via {self.via}): {len(mounted)} "
+            f"of {covered} indexed layers mounted lazily ({FUSE_TYPE}), {len(target.layers) - covered} other "
+            "layers unpacked by the snapshotter",
         )
         for layer in target.layers:
             report = result.layer(layer.digest)
@@ -178,8 +267,33 @@ class ConsumerSession:
             if report.mountpoint is not None and sample is not None:
                 self._read_files(report, sample)
 
-    def _prepare(self, chain: str, parent: str, labels: dict[str, str], layer: str) -> Prepared | str:
-        """Prepare one layer like containerd's unpacker; the new FUSE mount (if any), or what went wrong."""
+    def _stopped(self, layer: str, outcome: HandedBack | str) -> str:
+        """Why the pull stopped at ``layer``, for the default-pull-modes check."""
+        if isinstance(outcome, str):
+            return f"layer {short_digest(layer)}: {outcome}"
+        said = ' (its log: "soci v1 is disabled")' if self._log_says("soci v1 is disabled") else ""
+        return (
+            f"it handed layer {short_digest(layer)} back to the container runtime{said}, which pulls and unpacks "
+            "the whole image"
+        )
+
+    def _prepared(
+        self, layers: list[tuple[str, dict[str, str]]], i: int, layer: str
+    ) -> Prepared | HandedBack | str:
+        """Layer ``i`` prepared; one that a platform pulled before in this session shares is as it was then."""
+        chain, labels = layers[i]
+        if chain in self.done:
+            return Prepared(self.done[chain])
+        outcome = self._prepare(chain, layers[i - 1][0] if i else "", labels, layer)
+        if isinstance(outcome, Prepared):
+            self.done[chain] = outcome.mountpoint
+        return outcome
+
+    def _prepare(
+        self, chain: str, parent: str, labels: dict[str, str], layer: str
+    ) -> Prepared | HandedBack | str:
+        """Prepare one layer like containerd's unpacker: the new FUSE mount (if any), the layer handed back
+        to the runtime, or what went wrong."""
         before = set(self.daemon.fuse_mounts())
         key = f"extract-{time.time_ns()}-{secrets.token_hex(3)} {chain}"
         try:
@@ -192,7 +306,7 @@ class ConsumerSession:
                 self.snapshots.remove(key)
             except WrapperError as exc:
                 log.debug("removing snapshot %s: %s", key, exc)
-            return (
+            return HandedBack(
                 "the snapshotter did not prepare this layer itself (it defers to the container runtime, "
                 f"as it does when it finds no usable SOCI index){self._why(layer)}"
             )
@@ -200,6 +314,10 @@ class ConsumerSession:
             return f"the snapshotter answered that layer {chain} exists, but containerd has no such snapshot"
         new = [m for m in self.daemon.fuse_mounts() if m not in before]
         return Prepared(new[0] if new else None)
+
+    def _log_says(self, message: str) -> bool:
+        """Whether the snapshotter logged ``message`` (its log is at debug level)."""
+        return any(entry.get("msg") == message for entry in self.daemon.log_entries())
 
     def _why(self, layer: str) -> str:
         """The snapshotter's own words about ``layer`` (warnings and errors of its log)."""
@@ -280,7 +398,7 @@ def forwards_namespace(containerd_version: str | None) -> bool:
 
 @contextlib.contextmanager
 def consumer_session(
-    daemon: SnapshotterDaemon,
+    consumer: Consumer,
     *,
     containerd_address: str,
     containerd_version: str | None,
@@ -288,19 +406,23 @@ def consumer_session(
     registry: RegistryClient,
     reporter: Reporter,
 ) -> Iterator[ConsumerSession]:
-    """Start ``daemon`` (containerd already names its socket) and yield a session; on the way out (also on
-    an error or an interrupt) the daemon is stopped and nothing of it stays mounted.
+    """Start the consumer's daemon (containerd already names its socket) and yield a session; on the way out
+    (also on an error or an interrupt) the daemon is stopped and nothing of it stays mounted.
 
-    The session prepares snapshots through containerd's Snapshots API (snapshotter ``soci``), as a CRI pull
+    The session prepares snapshots through containerd's Snapshots API (the consumer's proxy plugin), as a CRI pull
     does. With a containerd that does not forward namespaces to proxy snapshotters (1.6), it sends the same
     requests to the snapshotter's own Snapshots API instead (the snapshotter still reads manifests and
-    configs from that containerd)."""
+    configs from that containerd). Through containerd, every call is in a lease held until the session ends:
+    containerd's garbage collector (which a removed snapshot sets off) must not take a layer the snapshotter
+    committed before the next layer, its child, is prepared."""
+    daemon = consumer.daemon
+    through_containerd = forwards_namespace(containerd_version)
     try:
         daemon.start(containerd_address)
-        if forwards_namespace(containerd_version):
+        if through_containerd:
             client = ContainerdClient(containerd_address, namespace, timeout=_CALL_TIMEOUT)
-            client.snapshots.snapshotter = PLUGIN_NAME
-            via = f"containerd {containerd_version or ''} (proxy snapshotter {PLUGIN_NAME!r})".replace(
+            client.snapshots.snapshotter = consumer.name
+            via = f"containerd {containerd_version or ''} (proxy snapshotter {consumer.name!r})".replace(
                 "  ", " "
             )
         else:
@@ -313,7 +435,8 @@ def consumer_session(
         try:
             snapshots = client.snapshots
             daemon.wait_reachable(lambda: snapshots.stat("soci-wrapper-probe", timeout=2.0), via=via)
-            yield ConsumerSession(daemon, client.snapshots, via, registry, reporter)
+            with client.lease() if through_containerd else contextlib.nullcontext():
+                yield ConsumerSession(consumer, client.snapshots, via, registry, reporter)
         finally:
             client.close()
             reporter.info(f"    stopping soci-snapshotter-grpc ({len(daemon.fuse_mounts())} FUSE mounts)")

@@ -3,6 +3,10 @@
 The report is built up by the levels in turn (registry, content, consumer); ``--json`` carries it as it is.
 Its verdict: ``valid`` (every checked platform's index passed every check run), ``no-index`` (a platform has
 no SOCI index, and no index found is wrong) or ``invalid`` (an index exists but fails a check).
+
+A check can hold and still carry a warning: a V1 index that loads lazily only once the snapshotter's config
+enables v1 (``[pull_modes.soci_v1]``) is valid, and the user hears that a stock snapshotter ignores it. Warnings
+never change the verdict or the exit code.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Any, Literal
 
 from wrapper.core.errors import ExitCode, NoSociIndexError, SociIndexInvalidError, WrapperError
 from wrapper.core.progress import short_digest
+from wrapper.soci.pullmodes import V1_NOTE
 
 Level = Literal["registry", "content", "consumer"]
 LEVELS: tuple[Level, ...] = ("registry", "content", "consumer")
@@ -20,15 +25,23 @@ DEFAULT_FILES_PER_LAYER = 6  # content level: files of each layer read through i
 
 @dataclass
 class Check:
-    """One thing checked: at which level, what (``name``), whether it held, and in plain words."""
+    """One thing checked: at which level, what (``name``), whether it held, and in plain words. ``warning``:
+    it held, but what it found is worth telling (the detail says what); it is never a failure."""
 
     level: Level
     name: str
     ok: bool
     detail: str
+    warning: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"level": self.level, "check": self.name, "ok": self.ok, "detail": self.detail}
+        return {
+            "level": self.level,
+            "check": self.name,
+            "ok": self.ok,
+            "warning": self.warning,
+            "detail": self.detail,
+        }
 
 
 @dataclass
@@ -100,6 +113,9 @@ class PlatformResult:
     layers: list[LayerResult] = field(default_factory=list)
     # Consumer level: fuse.rawBridge mounts under the snapshotter's root once the image was pulled.
     fuse_mounts: int | None = None
+    # Consumer level: whether the snapshotter with its default pull modes mounted every indexed layer lazily
+    # (V2: the pull the checks ran; V1: a pull before the checks, which ran with v1 enabled); None: not run.
+    lazy_by_default: bool | None = None
 
     @property
     def found(self) -> bool:
@@ -109,13 +125,21 @@ class PlatformResult:
     def ok(self) -> bool:
         return self.found and all(c.ok for c in self.checks) and all(x.ok for x in self.layers)
 
-    def add(self, level: Level, name: str, ok: bool, detail: str) -> bool:
-        self.checks.append(Check(level, name, ok, detail))
+    def add(self, level: Level, name: str, ok: bool, detail: str, *, warning: bool = False) -> bool:
+        self.checks.append(Check(level, name, ok, detail, warning))
         return ok
 
     def passed(self, level: Level) -> bool:
         upto = LEVELS[: LEVELS.index(level) + 1]
         return self.found and all(c.ok for c in self.checks if c.level in upto)
+
+    def warnings(self) -> list[str]:
+        """Each check's warning, as one line naming the platform. A V1 index the consumer level did not pull
+        gets the snapshotter's documented default instead, said to be unchecked."""
+        out = [f"{self.platform}: {c.detail}" for c in self.checks if c.warning]
+        if out or not self.found or self.soci_version != "V1" or self.lazy_by_default is not None:
+            return out
+        return [f"{self.platform}: {V1_NOTE} (not seen here: the consumer level did not pull this platform)"]
 
     def layer(self, digest: str) -> LayerResult | None:
         return next((x for x in self.layers if x.digest == digest), None)
@@ -136,11 +160,13 @@ class PlatformResult:
             "discovered_via": self.discovered_via,
             "ok": self.ok,
             "fuse_mounts": self.fuse_mounts,
+            "lazy_by_default": self.lazy_by_default,
             "layers_covered": sum(1 for x in self.layers if x.covered),
             "layers_not_covered": sum(1 for x in self.layers if not x.covered),
             "checks": [c.to_json() for c in self.checks],
             "layers": [x.to_json() for x in self.layers],
             "problems": self.problems(),
+            "warnings": self.warnings(),
         }
 
 
@@ -181,11 +207,19 @@ class VerifyReport:
             out += p.problems()
         return out
 
+    def warnings(self) -> list[str]:
+        out: list[str] = []
+        for p in self.platforms:
+            out += p.warnings()
+        return out
+
     def summary(self) -> str:
-        """One line: the verdict and the first problem."""
+        """One line: the verdict and the first problem (or how many warnings a valid verdict has)."""
         if self.status == "valid":
             run = [lvl for lvl, state in self.levels.items() if state == "run"]
-            return f"every SOCI index is valid ({', '.join(run)} checks)"
+            warnings = len(self.warnings())
+            noted = f", {warnings} warning{'s' if warnings > 1 else ''}" if warnings else ""
+            return f"every SOCI index is valid ({', '.join(run)} checks{noted})"
         problems = self.problems()
         more = (
             f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})"
@@ -205,6 +239,7 @@ class VerifyReport:
             "levels": dict(self.levels),
             "platforms": [p.to_json() for p in self.platforms],
             "problems": self.problems(),
+            "warnings": self.warnings(),
             "stages": {k: round(v, 3) for k, v in self.stages.items()},
         }
 

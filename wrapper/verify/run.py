@@ -7,6 +7,10 @@ registry; ``content`` needs soci and a containerd; ``consumer`` also needs soci-
 and soci-wrapper's own containerd. A level that cannot run is reported as not run, with the reason. A level
 only looks at what passed the levels before it. Everything started is stopped (and unmounted) on the way out,
 also on failure and on SIGINT/SIGTERM.
+
+The consumer level runs the snapshotter with its default pull modes, as a stock one has them; a V1 index is
+then verified by a second snapshotter with v1 enabled, after the first showed what a stock one does with it
+(wrapper.verify.consumer).
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ from wrapper.core.reference import Reference
 from wrapper.core.report import Stages
 from wrapper.registry.client import RegistryClient
 from wrapper.run.session import check_containerd, open_registry, run_directory
+from wrapper.soci.pullmodes import DEFAULT_PULL_MODES
 from wrapper.soci.runner import Soci, check_soci
 from wrapper.soci.snapshotter import RegistryAccess, SnapshotterConfig, SnapshotterDaemon
-from wrapper.verify.consumer import consumer_session, consumer_unavailable
+from wrapper.verify.consumer import Consumer, consumer_session, consumer_unavailable
 from wrapper.verify.content_checks import (
     DEFAULT_FILES_PER_LAYER,
     LayerSample,
@@ -43,6 +48,7 @@ from wrapper.verify.report import LEVELS, Level, VerifyReport
 log = logging.getLogger("wrapper.verify")
 
 SociVersionChoice = Literal["V1", "V2", "auto"]
+V1_PLUGIN = "soci-v1"  # the proxy plugin name of the snapshotter with v1 enabled
 
 
 @dataclass(frozen=True)
@@ -144,20 +150,21 @@ def _deeper_levels(
 ) -> None:
     consumer = plan.runs("consumer")
     with contextlib.ExitStack() as stack:
-        snapshotter: SnapshotterDaemon | None = None
+        consumers: list[Consumer] = []
         daemon: ManagedContainerd | AttachedContainerd
         with stages("containerd"):
             if daemon_options.containerd_address:
                 daemon = AttachedContainerd(daemon_options.containerd_address)
             elif consumer:
                 assert plan.snapshotter_bin is not None
-                snapshotter = _snapshotter(request, plan.snapshotter_bin, image, registry, run_dir)
-                stack.callback(snapshotter.stop)  # also when containerd does not start
+                consumers = _consumers(request, plan.snapshotter_bin, image, registry, run_dir)
+                for each in consumers:
+                    stack.callback(each.daemon.stop)  # also when containerd does not start
                 daemon = ManagedContainerd(
                     run_dir / "containerd",
                     binary=daemon_options.containerd_bin,
                     keep_work_dir=True,
-                    proxy_plugins=[snapshotter.plugin],
+                    proxy_plugins=[each.plugin for each in consumers],
                 )
             else:
                 daemon = ManagedContainerd(
@@ -185,15 +192,17 @@ def _deeper_levels(
             samples = run_content_level(
                 registry, soci, image, reporter, files_per_layer=request.files_per_layer, work=run_dir
             )
-        if consumer and snapshotter is not None:
+        if consumer and consumers:
             version = daemon.binary_version if isinstance(daemon, ManagedContainerd) else None
-            if not _consumer_level(version, image, samples, snapshotter, client, registry, stages, reporter):
+            if not _consumer_level(version, image, samples, consumers, client, registry, stages, reporter):
                 plan.levels["consumer"] = "not run: no index passed the registry and content levels"
 
 
-def _snapshotter(
+def _consumers(
     request: VerifyRequest, binary: str, image: Image, registry: RegistryClient, run_dir: Path
-) -> SnapshotterDaemon:
+) -> list[Consumer]:
+    """The snapshotter with its default pull modes; and, when a V1 index was found, one with v1 enabled (v2
+    too, unless --soci-version V1 asks for the v1 index of an image that might also name a v2 one)."""
     ref = image.reference
     creds = registry.credentials.get(ref.registry)
     access = RegistryAccess(
@@ -203,24 +212,27 @@ def _snapshotter(
         password=creds.password if creds else None,
         ca_file=registry.ca_file,
     )
-    versions = {t.result.soci_version for t in image.targets if t.result.found}
-    soci_v1 = "V1" in versions or request.soci_version == "V1"
-    soci_v2 = request.soci_version != "V1"
-    config = SnapshotterConfig(soci_v1=soci_v1, soci_v2=soci_v2)  # no background fetch: reads prove laziness
-    return SnapshotterDaemon(binary, run_dir / "snapshotter", access, config)
+    # No background fetch: the reads through FUSE prove laziness.
+    out = [Consumer(SnapshotterDaemon(binary, run_dir / "snapshotter", access, DEFAULT_PULL_MODES))]
+    if any(t.result.found and t.result.soci_version == "V1" for t in image.targets):
+        v1 = SnapshotterConfig(soci_v1=True, soci_v2=request.soci_version != "V1")
+        out.append(Consumer(SnapshotterDaemon(binary, run_dir / "snapshotter-v1", access, v1), V1_PLUGIN))
+    return out
 
 
 def _consumer_level(
     containerd_version: str | None,
     image: Image,
     samples: dict[str, LayerSample],
-    snapshotter: SnapshotterDaemon,
+    consumers: list[Consumer],
     client: ContainerdClient,
     registry: RegistryClient,
     stages: Stages,
     reporter: Reporter,
 ) -> bool:
-    """The consumer level for every platform whose index passed the levels above; False if there is none."""
+    """The consumer level for every platform whose index passed the levels above; False if there is none.
+    With the default pull modes: V2 indexes verified, V1 indexes probed (what a stock snapshotter does); then,
+    with v1 enabled, V1 indexes verified."""
     eligible = []
     for target in image.targets:
         result = target.result
@@ -234,22 +246,33 @@ def _consumer_level(
         eligible.append(target)
     if not eligible:
         return False
-    session = consumer_session(
-        snapshotter,
-        containerd_address=client.address,
-        containerd_version=containerd_version,
-        namespace=client.namespace,
-        registry=registry,
-        reporter=reporter,
-    )
-    with (
-        stages("consumer", "soci-snapshotter-grpc: lazy pull through containerd, reads through FUSE"),
-        session as s,
-    ):
-        for target in eligible:
-            s.verify(image, target, samples)
-            mounts = target.result.fuse_mounts
-            reporter.info(f"    {target.platform}: {mounts} of {len(target.layers)} layers mounted lazily")
-    if snapshotter.fuse_mounts():
-        raise ContainerdError(f"FUSE mounts of soci-snapshotter-grpc are left under {snapshotter.root}")
+    v1 = [t for t in eligible if t.result.soci_version == "V1"]
+    with stages("consumer", "soci-snapshotter-grpc: lazy pull through containerd, reads through FUSE"):
+        for consumer in consumers:
+            targets = eligible if consumer.default_modes else v1
+            if not targets:
+                continue
+            session = consumer_session(
+                consumer,
+                containerd_address=client.address,
+                containerd_version=containerd_version,
+                namespace=client.namespace,
+                registry=registry,
+                reporter=reporter,
+            )
+            with session as s:
+                for target in targets:
+                    if consumer.default_modes and target in v1:
+                        s.probe_default(image, target)
+                        continue
+                    s.verify(image, target, samples)
+                    mounts = target.result.fuse_mounts
+                    reporter.info(
+                        f"    {target.platform} ({consumer.modes}): {mounts} of {len(target.layers)} layers "
+                        "mounted lazily"
+                    )
+            if consumer.daemon.fuse_mounts():
+                raise ContainerdError(
+                    f"FUSE mounts of soci-snapshotter-grpc are left under {consumer.daemon.root}"
+                )
     return True
