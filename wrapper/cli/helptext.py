@@ -24,8 +24,10 @@ Check that IMAGE_REF's SOCI index serves lazy loading, at three levels:
   content   soci decodes each zTOC (soci ztoc info) and reads a sample of files through it (soci ztoc
             get-file: the first, the last and the largest of each layer), compared byte for byte with the
             layer's tar stream from the registry
-  consumer  soci-snapshotter-grpc, as a private containerd's snapshotter, pulls the image lazily with the
-            labels of a CRI pull: each indexed layer must be a FUSE mount, and files read through it match
+  consumer  soci-snapshotter-grpc, as a private containerd's snapshotter with its default pull modes, pulls
+            the image lazily with the labels of a CRI pull: each indexed layer must be a FUSE mount, and files
+            read through it match. A v1 index: what a stock snapshotter does with it (it ignores v1 since
+            v0.10.0: a warning, not a failure), then those checks with [pull_modes.soci_v1] enable = true
 By default the deepest level this machine supports runs; the report says which levels ran, and why not.
 For a SOCI index v2, name the SOCI-enabled image (the --output-tag of `index --soci-version V2`)."""
 
