@@ -39,7 +39,14 @@ from wrapper.core.report import IndexReport, PlatformIndex, PlatformSkipped, Sta
 from wrapper.image.pull import Puller, PullResult
 from wrapper.image.resolve import resolve_image
 from wrapper.registry.client import RegistryClient
-from wrapper.run.session import Session, check_containerd, containerd_session, open_registry, run_directory
+from wrapper.run.session import (
+    Session,
+    check_containerd,
+    containerd_session,
+    open_registry,
+    run_directory,
+    soci_in,
+)
 from wrapper.soci.existing import find_existing_indexes, prefetch_of_indexes, soci_artifact
 from wrapper.soci.indexing import Indexing
 from wrapper.soci.prebuild import Prebuilder, fast_pull_rate
@@ -202,16 +209,7 @@ def _reusing_existing(request: IndexRequest, ref: Reference) -> IndexRequest:
 
 
 def _soci(binary: str, client: ContainerdClient, run_dir: Path, request: IndexRequest) -> Soci:
-    return Soci(
-        binary=binary,
-        address=client.address,
-        namespace=client.namespace,
-        root=run_dir / "soci-root",
-        tmp_dir=run_dir / "tmp",
-        timeout=request.soci_timeout,
-        debug=request.debug,
-        content_store="soci",  # see wrapper.soci.indexing
-    )
+    return soci_in(run_dir, binary, client, timeout=request.soci_timeout, debug=request.debug)
 
 
 def _prebuilder(

@@ -26,6 +26,7 @@ from wrapper.core.reference import Reference
 from wrapper.core.report import Stages
 from wrapper.registry.auth import Credentials, CredentialStore
 from wrapper.registry.client import RegistryClient
+from wrapper.soci.runner import Soci
 from wrapper.system import rundirs
 
 log = logging.getLogger("wrapper.run.session")
@@ -144,3 +145,18 @@ class Session:
                     first.namespaces.ensure(self.options.namespace)
                     return first
             return self._stack.enter_context(ContainerdClient(self._address, self.options.namespace))
+
+
+def soci_in(run_dir: Path, binary: str, client: ContainerdClient, *, timeout: float, debug: bool) -> Soci:
+    """soci for one image of a run: its root (database and content store) and temporary files in ``run_dir``,
+    reading from ``client``'s containerd. soci's own content store, for V1 and V2 (see wrapper.soci.indexing)."""
+    return Soci(
+        binary=binary,
+        address=client.address,
+        namespace=client.namespace,
+        root=run_dir / "soci-root",
+        tmp_dir=run_dir / "tmp",
+        timeout=timeout,
+        debug=debug,
+        content_store="soci",
+    )

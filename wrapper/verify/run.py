@@ -30,9 +30,9 @@ from wrapper.core.progress import QuietReporter, Reporter
 from wrapper.core.reference import Reference
 from wrapper.core.report import Stages
 from wrapper.registry.client import RegistryClient
-from wrapper.run.session import check_containerd, open_registry, run_directory
+from wrapper.run.session import check_containerd, open_registry, run_directory, soci_in
 from wrapper.soci.pullmodes import DEFAULT_PULL_MODES
-from wrapper.soci.runner import Soci, check_soci
+from wrapper.soci.runner import check_soci
 from wrapper.soci.snapshotter import RegistryAccess, SnapshotterConfig, SnapshotterDaemon
 from wrapper.verify.consumer import Consumer, consumer_session, consumer_unavailable
 from wrapper.verify.content_checks import (
@@ -177,15 +177,8 @@ def _deeper_levels(
         stack.enter_context(client.lease())
         with stages("pull", announce=False):
             pull_for_content(registry, client, image, reporter)
-        soci = Soci(
-            binary=plan.soci_bin or "soci",
-            address=client.address,
-            namespace=client.namespace,
-            root=run_dir / "soci-root",
-            tmp_dir=run_dir / "tmp",
-            timeout=request.soci_timeout,
-            debug=request.debug,
-            content_store="soci",
+        soci = soci_in(
+            run_dir, plan.soci_bin or "soci", client, timeout=request.soci_timeout, debug=request.debug
         )
         with stages("content", "soci ztoc info / get-file, compared with the layers' tar streams"):
             hand_to_soci(soci, image)
