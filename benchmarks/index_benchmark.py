@@ -57,7 +57,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from benchmarks._common import (
@@ -73,6 +72,7 @@ from benchmarks._common import (
     soci_wrapper_command,
     work_directory,
 )
+from benchmarks._main import benchmark_main, verdict_lines
 from benchmarks._procwatch import CommandTimeout, Watched, run_watched, unmount_under
 from benchmarks._regclone import RepoCopier, soci_ztocs
 from benchmarks.realistic_image import BuiltLayer, LayerPlan, build_layers, image_of
@@ -1188,11 +1188,7 @@ def render(report: dict[str, Any]) -> str:
             out.append(f"    last layer downloaded -> soci create started: median {median(gaps):.2f} s")
         if out:
             lines += [f"  {r['scenario']} {r['kind']}:", *out]
-    lines += ["", "targets:"]
-    for v in report["verdicts"]:
-        lines.append(f"  {v['what']}: {v['value']} (target <= {v['target']}) {'OK' if v['ok'] else 'MISSED'}")
-    for error in report["errors"]:
-        lines.append(f"FAILED {error}")
+    lines += verdict_lines(report)
     return "\n".join(lines)
 
 
@@ -1239,28 +1235,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if os.geteuid() != 0:
-        print("index benchmark: needs root (it starts containerd daemons)", file=sys.stderr)
-        return 1
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        report = run_benchmark(args)
-    except KeyboardInterrupt:
-        print("index benchmark: interrupted; everything it started was stopped and removed", file=sys.stderr)
-        return 130
-    except (BenchmarkError, WrapperError) as exc:
-        print(f"index benchmark failed: {exc}", file=sys.stderr)
-        if args.json:
-            print(json.dumps({"benchmark": "index", "ok": False, "error": str(exc)}))
-        return 1
-    print(json.dumps(report, indent=2) if args.json else render(report))
-    return 0 if report["ok"] else 1
+    return benchmark_main(
+        "index",
+        parse_args(argv),
+        run_benchmark,
+        render,
+        why_root="it starts containerd daemons",
+        failures=(BenchmarkError, WrapperError),
+    )
 
 
 __all__ = ["main", "render", "run_benchmark"]
