@@ -96,6 +96,7 @@ class BuiltHostLayer:
     layer: Layer
     files: int  # regular files in it
     uncompressed: int  # bytes of its tar
+    sizes: dict[str, int] = field(default_factory=dict, compare=False)  # "/path" in the image -> bytes, files
 
     @property
     def size(self) -> int:
@@ -206,7 +207,8 @@ def build_host_layer(directory: Path, plan: HostLayerPlan) -> BuiltHostLayer:
     layer = Layer(
         Descriptor(OCI_LAYER_GZIP, info["digest"], info["size"]), path=path, diff_id=info["diff_id"]
     )
-    return BuiltHostLayer(plan.name, layer, info["files"], info["uncompressed"])
+    sizes = {"/" + e.path: e.size for e in entries if e.kind == "file"}
+    return BuiltHostLayer(plan.name, layer, info["files"], info["uncompressed"], sizes)
 
 
 def build_host_layers(directory: Path, plans: Sequence[HostLayerPlan]) -> dict[str, BuiltHostLayer]:

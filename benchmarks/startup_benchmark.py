@@ -194,7 +194,8 @@ def record_start(bench: Bench, shape: str) -> Path:
     files = json.loads(record.read_text())
     if not isinstance(files, list) or not files:
         raise BenchmarkError(f"startup --record ({shape}) recorded nothing")
-    used = thin(files, bench.args.prefetch_max_files)
+    sizes = {path: size for layer in bench.images[shape].layers for path, size in layer.sizes.items()}
+    used = thin(files, bench.args.prefetch_max_files, sizes)
     record.write_text(json.dumps(used))
     bench.results.setup.setdefault("recorded", {})[shape] = {
         "files": len(files),
@@ -204,17 +205,27 @@ def record_start(bench: Bench, shape: str) -> Path:
     return record
 
 
-def thin(files: list[str], limit: int) -> list[str]:
-    """At most ``limit`` of ``files``, evenly spread over the list and in its order (first access first).
+BIG_FILE = 1 << 20
+
+
+def thin(files: list[str], limit: int, sizes: dict[str, int] | None = None) -> list[str]:
+    """At most ``limit`` of ``files``, in their order (first access first): every file of ``BIG_FILE`` or more
+    (``sizes``: path -> bytes), then an even sample of the others.
 
     soci v0.15.0 (``buildPrefetchLayer``) decodes the layer's zTOC checkpoints once per listed file and keeps them
     until the end: about 1.8 MB per file of the 67 MB SDK layer (1,000 files: 1.7 GB peak, 2,000: 3.6 GB), so a
-    start that opens 15,000 files would need ~27 GB. Files read one after another lie in the same spans, so an
-    even sample keeps most of the spans the whole list names."""
+    start that opens 15,000 files would need ~27 GB. Its prefetch artifacts name spans, not files: a large file
+    covers spans of its own (so all of them are kept), small files read one after another share spans (so a
+    sample keeps most of the spans the whole list names)."""
     if len(files) <= limit:
         return files
-    step = len(files) / limit
-    return [files[int(i * step)] for i in range(limit)]
+    sizes = sizes or {}
+    big = {f for f in files if sizes.get(f, 0) >= BIG_FILE}
+    small = [f for f in files if f not in big]
+    room = max(0, limit - len(big))
+    step = len(small) / room if room else 0.0
+    sampled = {small[int(i * step)] for i in range(room)} if room else set()
+    return [f for f in files if f in big or f in sampled][:limit]
 
 
 def prepare_shape(bench: Bench, shape: str) -> None:
@@ -418,8 +429,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--prefetch-max-files",
         type=int,
         default=1000,
-        help="at most this many recorded files go into the prefetch list, evenly spread (default: %(default)s; "
-        "soci v0.15.0 needs ~1.8 MB of memory per listed file of a large layer)",
+        help="at most this many recorded files go into the prefetch list (default: %(default)s; "
+        "files of 1 MiB or more first; soci v0.15.0 needs ~1.8 MB of memory per listed file of a large layer)",
     )
     link = parser.add_argument_group("the registry's link")
     link.add_argument("--latency-ms", type=float, default=20.0, help="added to every request (default: 20)")
