@@ -31,6 +31,14 @@ Entry points (each takes the request first, then keyword arguments, all optional
   ``SociIndexInvalidError`` (exit 11).
 - ``run_pull(reference, *, options=, registry=, daemon=, reporter=) -> PullResult``: only the pull, into
   containerd's content store (useful with ``DaemonOptions(containerd_address=...)``, or ``keep_work_dir``).
+- ``run_startup(request, *, registry=, daemon=, reporter=) -> StartupReport``: start a container of the image
+  and time it (``soci-wrapper startup``): lazily through soci-snapshotter-grpc, and/or from a full pull;
+  ``StartupRequest(record=PATH)`` lists the files it opened before it was ready. Needs root, runc, and for the
+  lazy start soci-snapshotter-grpc; always in a containerd of its own (``daemon.containerd_address`` is refused).
+  A container that is not ready raises ``StartupError`` (exit 13).
+- ``run_index(request, record_prefetch=StartupRecorder(...))``: ``index --record-prefetch``: a start of the
+  image recorded first (from a full pull), its opened files added to the request's prefetch list, then the
+  index made and pushed once; ``report.recorded`` says what was recorded.
 - ``run_doctor(*, containerd_address=, containerd_bin=, soci_bin=) -> DoctorReport``: what would be used, and
   whether it works (``report.ok``).
 
@@ -71,6 +79,7 @@ from collections.abc import Iterable
 
 from wrapper import __version__
 from wrapper.cli.display import PlainReporter
+from wrapper.cli.startup import start_image as _start_image
 from wrapper.core.errors import (
     AuthError,
     ContainerdError,
@@ -82,6 +91,7 @@ from wrapper.core.errors import (
     RegistryError,
     SociError,
     SociIndexInvalidError,
+    StartupError,
     UsageError,
     WrapperError,
 )
@@ -98,13 +108,19 @@ from wrapper.core.options import (
 )
 from wrapper.core.progress import QuietReporter, Reporter
 from wrapper.core.reference import Reference
-from wrapper.core.report import IndexReport, LayerReport, PlatformIndex, PlatformSkipped
+from wrapper.core.report import IndexReport, LayerReport, PlatformIndex, PlatformSkipped, RecordedPrefetch
 from wrapper.image.pull import PullResult
 from wrapper.run import batch as _batch
 from wrapper.run import pipeline as _pipeline
 from wrapper.run.batch import DEFAULT_MAX_CONCURRENT_IMAGES, BatchReport, ImageResult
 from wrapper.run.doctor import Check as DoctorCheck
 from wrapper.run.doctor import DoctorReport, run_doctor
+from wrapper.run.recording import PrefetchRecorder
+from wrapper.startup.container import Readiness
+from wrapper.startup.prefetch import StartupRecorder
+from wrapper.startup.report import StartupReport, VariantReport
+from wrapper.startup.run import StartupRequest
+from wrapper.startup.spec import Limits
 from wrapper.verify import run as _verify
 from wrapper.verify.report import Check as VerifyCheck
 from wrapper.verify.report import LayerResult, Level, PlatformResult, VerifyReport
@@ -126,6 +142,7 @@ __all__ = [
     "LayerReport",
     "LayerResult",
     "Level",
+    "Limits",
     "MissingDependencyError",
     "NoSociIndexError",
     "NotFoundError",
@@ -136,9 +153,12 @@ __all__ = [
     "PlatformIndex",
     "PlatformResult",
     "PlatformSkipped",
+    "PrefetchRecorder",
     "PullOptions",
     "PullResult",
     "QuietReporter",
+    "Readiness",
+    "RecordedPrefetch",
     "Reference",
     "RegistryError",
     "RegistryOptions",
@@ -147,7 +167,12 @@ __all__ = [
     "SociError",
     "SociIndexInvalidError",
     "SociVersion",
+    "StartupError",
+    "StartupRecorder",
+    "StartupReport",
+    "StartupRequest",
     "UsageError",
+    "VariantReport",
     "VerifyCheck",
     "VerifyReport",
     "VerifyRequest",
@@ -157,6 +182,7 @@ __all__ = [
     "run_index",
     "run_index_many",
     "run_pull",
+    "run_startup",
     "run_verify",
 ]
 
@@ -175,14 +201,21 @@ def run_index(
     registry: RegistryOptions | None = None,
     daemon: DaemonOptions | None = None,
     reporter: Reporter | None = None,
+    record_prefetch: PrefetchRecorder | None = None,
 ) -> IndexReport:
     """Index one image and push its SOCI index (``soci-wrapper index IMAGE``).
 
     Returns the report (``status``: ``indexed``, ``already-indexed`` or ``not-an-image``; per platform the
     SOCI index digest and what happened to each layer). Raises a ``WrapperError`` subclass on failure.
+    ``record_prefetch`` (a ``StartupRecorder``: the container's command, readiness, environment, limits):
+    ``index --record-prefetch``, a start of the image recorded first for the prefetch list (root, runc).
     """
     return _pipeline.run_index(
-        _index_request(request), registry or RegistryOptions(), daemon or DaemonOptions(), reporter
+        _index_request(request),
+        registry or RegistryOptions(),
+        daemon or DaemonOptions(),
+        reporter,
+        record_prefetch,
     )
 
 
@@ -246,4 +279,24 @@ def run_pull(
         registry or RegistryOptions(),
         daemon or DaemonOptions(),
         reporter,
+    )
+
+
+def run_startup(
+    request: StartupRequest | str | Reference,
+    *,
+    registry: RegistryOptions | None = None,
+    daemon: DaemonOptions | None = None,
+    reporter: Reporter | None = None,
+) -> StartupReport:
+    """Start a container of the image and time it (``soci-wrapper startup IMAGE``): per variant the time to
+    pull, to ready and in all, the bytes fetched; with ``baseline=True`` both variants and a verdict
+    (``report.lazy_loses``); with ``record=PATH`` the files opened before ready (``report.recorded``).
+
+    Raises ``StartupError`` (exit 13) when the container is not ready (it exited first, or ``readiness.timeout``
+    passed), and the other ``WrapperError`` types as the command line would. Everything started is stopped.
+    """
+    wanted = request if isinstance(request, StartupRequest) else StartupRequest(_reference(request))
+    return _start_image(
+        wanted, registry or RegistryOptions(), daemon or DaemonOptions(), reporter or QuietReporter()
     )

@@ -26,7 +26,9 @@ def test_everything_after_the_first_dashes_is_the_containers_command() -> None:
         ["sh", "-c", "x --json", "--"],
     )
     assert split_container_command(["startup", "img", "--json"]) == (["startup", "img", "--json"], None)
-    assert split_container_command(["index", "img", "--", "x"]) == (["index", "img", "--", "x"], None)
+    # index --record-prefetch takes the recorded start's command the same way; other commands do not
+    assert split_container_command(["index", "img", "--", "x"]) == (["index", "img"], ["x"])
+    assert split_container_command(["pull", "img", "--", "x"]) == (["pull", "img", "--", "x"], None)
     args = parse("--json", "reg/app:1", "--env", "A=1", "--", "/bin/app", "--json", "--env")
     assert args.json and args.env == ["A=1"] and args.container_command == ["/bin/app", "--json", "--env"]
 

@@ -24,7 +24,7 @@ from wrapper.cli.helptext import (
     STARTUP_DESCRIPTION,
     VERIFY_DESCRIPTION,
 )
-from wrapper.cli.startup import add_startup_group
+from wrapper.cli.startup import add_container_options, add_startup_group
 from wrapper.cli.values import (
     parse_namespace,
     parse_override,
@@ -225,6 +225,14 @@ def _index(sub: SubParsers) -> None:
         help='the same for every path of a JSON array in FILE (soci\'s format: ["/app/main.py", ...])',
     )
     add_soci_bin(g)
+    g = p.add_argument_group("prefetch list recorded from a start (--record-prefetch [...] [-- CMD ARGS])")
+    g.add_argument(
+        "--record-prefetch",
+        action="store_true",
+        help="first start the image (a full pull, in a containerd of its own) until it is ready, and make the "
+        "files it opened on the way the prefetch list (with --prefetch-file/--prefetch-files-json: both)",
+    )
+    add_container_options(g)
     g = p.add_argument_group("zTOC reuse (index only what is new)")
     g.add_argument(
         "--cache-dir",

@@ -97,9 +97,9 @@ def _run_index(job: IndexJob, reporter: Reporter) -> _IndexResult:
     (request,) = job.requests
     if job.from_oci is not None:
         return _IndexResult(
-            job, run_index_from_oci(request, job.from_oci, job.registry, job.daemon, reporter)
+            job, run_index_from_oci(request, job.from_oci, job.registry, job.daemon, reporter, job.recorder)
         )
-    report = run_index(request, job.registry, job.daemon, reporter)
+    report = run_index(request, job.registry, job.daemon, reporter, job.recorder)
     verified = _verify_indexed(job, request, report, reporter) if job.verify else None
     return _IndexResult(job, report, verified)
 
@@ -244,7 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _on_sigterm)
         signal.signal(signal.SIGINT, _on_sigint)
     parser = build_parser()
-    ours, container_command = split_container_command(_normalise_argv(argv))  # startup ... -- CMD ARGS
+    # startup ... -- CMD ARGS, index --record-prefetch ... -- CMD ARGS
+    ours, container_command = split_container_command(_normalise_argv(argv))
     args = parser.parse_args(ours)
     args.container_command = container_command
     if args.command is None:

@@ -35,6 +35,7 @@ from wrapper.core.reference import Reference
 
 if TYPE_CHECKING:  # the run's modules are imported when a command runs, not for --help
     from wrapper.core.report import IndexReport
+    from wrapper.startup.prefetch import StartupRecorder
     from wrapper.verify.run import SociVersionChoice, VerifyRequest
 
 ReadLine = Callable[[], str]  # standard input, for --password-stdin
@@ -224,7 +225,8 @@ def daemon_options(args: argparse.Namespace) -> DaemonOptions:
 @dataclass(frozen=True)
 class IndexJob:
     """What ``index`` was asked to do: one image, several (``many``), or the image of an OCI layout
-    (``from_oci``) pushed to the one reference; then, with ``verify``, check what was pushed."""
+    (``from_oci``) pushed to the one reference; with ``recorder`` (--record-prefetch), a start of it recorded
+    first for the prefetch list; then, with ``verify``, check what was pushed."""
 
     requests: tuple[IndexRequest, ...]
     registry: RegistryOptions
@@ -233,12 +235,16 @@ class IndexJob:
     from_oci: Path | None = None
     verify: bool = False
     max_concurrent_images: int | None = None
+    recorder: StartupRecorder | None = None
 
 
 def index_job(args: argparse.Namespace, stdin: ReadLine, warn: Warn) -> IndexJob:
     """The requests of ``index`` (each image's, with the options they share). Usage errors come in the
     order a user fixes them: the SOCI version, which images, each image's options, registry, containerd."""
+    from wrapper.cli.startup import prefetch_recorder
+
     settings = _index_settings(args, warn)
+    recorder = prefetch_recorder(args)
     many = False
     if args.from_oci is not None:
         if len(args.image_refs) != 1 or args.from_file or args.repo:
@@ -251,12 +257,20 @@ def index_job(args: argparse.Namespace, stdin: ReadLine, warn: Warn) -> IndexJob
     elif (several := many_references(args)) is not None:
         if args.verify:
             raise UsageError("--verify checks one image", hint="run `soci-wrapper verify` for each image")
+        if recorder is not None:
+            raise UsageError(
+                "--record-prefetch records the start of one image, and several are given",
+                hint="index each image with a run of its own, or record each with `soci-wrapper startup "
+                "--record FILE` and pass FILE with --prefetch-files-json",
+            )
         references, many = several, True
     else:
         if args.max_concurrent_images is not None:
             raise UsageError("--max-concurrent-images goes with several images")
         references = [index_reference(args)]
     requests = tuple(index_request(args, ref, settings) for ref in references)
+    if recorder is not None:
+        _check_recording_platform(requests[0].pull)
     return IndexJob(
         requests,
         registry_options(args, stdin),
@@ -265,7 +279,22 @@ def index_job(args: argparse.Namespace, stdin: ReadLine, warn: Warn) -> IndexJob
         from_oci=args.from_oci,
         verify=bool(args.verify),
         max_concurrent_images=args.max_concurrent_images,
+        recorder=recorder,
     )
+
+
+def _check_recording_platform(pull: PullOptions) -> None:
+    """--record-prefetch starts the image here: --platform must name this machine's (checked again, against the
+    image's platforms, once it is resolved)."""
+    host = Platform.host()
+    if pull.platforms and not any(host.matches(p) for p in pull.platforms):
+        chosen = ", ".join(str(p) for p in pull.platforms)
+        raise UsageError(
+            f"--record-prefetch starts the image on this machine ({host}), and --platform {chosen} does not "
+            "include it",
+            hint=f"add --platform {host}, or record with `soci-wrapper startup --record FILE` on a machine of "
+            "that platform and pass FILE with --prefetch-files-json",
+        )
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,12 @@ def index_table(report: IndexReport, *, source: Path | None = None) -> Table:
     table.add_row("status", report.status)
     table.add_row("SOCI version", report.soci_version)
     table.add_row("platforms", ", ".join(report.platforms))
+    if (recorded := report.recorded) is not None:
+        table.add_row(
+            "recorded",
+            f"{count(recorded.count, 'file')} opened before ready by {' '.join(recorded.args)} "
+            f"({recorded.platform}, {recorded.seconds:.1f} s); the prefetch list has {report.prefetch_files}",
+        )
     for idx in report.indexes:
         table.add_row(f"index {idx.platform}", idx.soci_index_digest)
         if idx.ztocs or idx.layers_indexed or idx.layers_skipped:

@@ -123,6 +123,26 @@ class PlatformSkipped:
 
 
 @dataclass
+class RecordedPrefetch:
+    """``index --record-prefetch``: the start that was recorded, and the files it opened before it was ready
+    (in first-access order), which became (part of) the index's prefetch list."""
+
+    files: list[str]
+    seconds: float  # the whole recording: its containerd, the full pull, the start, the clean-up
+    platform: str
+    image: str  # the image started, pinned by digest
+    args: list[str]  # the container's command
+    readiness: str
+    pull_seconds: float = 0.0
+    ready_seconds: float = 0.0
+    how: str = "from a full pull through overlayfs"
+
+    @property
+    def count(self) -> int:
+        return len(self.files)
+
+
+@dataclass
 class IndexReport:
     image: str
     digest: str
@@ -142,9 +162,13 @@ class IndexReport:
     work_dir: str | None = None
     prefetch_files: int = 0  # paths in the prefetch list (--prefetch-file, --prefetch-files-json)
     warnings: list[str] = field(default_factory=list)  # also printed as the run goes (not with --json alone)
+    recorded: RecordedPrefetch | None = None  # --record-prefetch: what the recorded start opened
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.recorded is not None:
+            out["recorded"]["count"] = self.recorded.count
+        return out
 
 
 MAX_MISSING_LINES = 5  # listed files in no indexed layer shown as progress; the report has them all

@@ -39,6 +39,7 @@ from wrapper.core.report import IndexReport, PlatformIndex, PlatformSkipped, Sta
 from wrapper.image.pull import Puller, PullResult
 from wrapper.image.resolve import resolve_image
 from wrapper.registry.client import RegistryClient
+from wrapper.run.recording import PrefetchRecorder, record_prefetch, recording_platform
 from wrapper.run.session import (
     Session,
     check_containerd,
@@ -84,14 +85,18 @@ def run_index(
     registry_options: RegistryOptions,
     daemon_options: DaemonOptions,
     reporter: Reporter | None = None,
+    recorder: PrefetchRecorder | None = None,
 ) -> IndexReport:
-    """``soci-wrapper index`` of one image."""
+    """``soci-wrapper index`` of one image; with ``recorder`` (--record-prefetch), a start of it recorded first
+    for its prefetch list (wrapper.run.recording)."""
     reporter = reporter or QuietReporter()
     soci_bin = check_soci(request.soci_bin)  # fail fast: nothing below is worth doing without them
     check_containerd(daemon_options)
+    if recorder is not None:
+        recorder.preflight()
     stages = Stages(reporter)
     with Session(daemon_options, stages) as session:
-        report = index_image(request, registry_options, session, soci_bin, stages)
+        report = index_image(request, registry_options, session, soci_bin, stages, recorder)
     report.warnings += v1_note([report], reporter)
     return report
 
@@ -106,7 +111,12 @@ def v1_note(reports: Iterable[IndexReport], reporter: Reporter) -> list[str]:
 
 
 def index_image(
-    request: IndexRequest, registry_options: RegistryOptions, session: Session, soci_bin: str, stages: Stages
+    request: IndexRequest,
+    registry_options: RegistryOptions,
+    session: Session,
+    soci_bin: str,
+    stages: Stages,
+    recorder: PrefetchRecorder | None = None,
 ) -> IndexReport:
     """resolve -> check -> (containerd) -> reuse -> pull -> index -> push for one image, in ``session``."""
     reporter = stages.reporter
@@ -122,6 +132,8 @@ def index_image(
         report = _indexing_report(request, str(request.reference), image, stages)
         # Platforms whose layers are all under --min-layer-size get no index: known from the manifest alone.
         image = _only_indexable(image, request.pull.min_layer_size, report, reporter)
+        if recorder is not None:  # the list is needed from here on: the existing index is checked against it
+            request = record_prefetch(recorder, request, registry, image, report, session, stages)
         existing: list[PlatformIndex] | None = None
         existing_prefetch: dict[str, dict[str, str]] = {}
         if not request.force:
@@ -267,10 +279,11 @@ def run_index_from_oci(
     registry_options: RegistryOptions,
     daemon_options: DaemonOptions,
     reporter: Reporter | None = None,
+    recorder: PrefetchRecorder | None = None,
 ) -> IndexReport:
     """``soci-wrapper index --from-oci PATH IMAGE_REF``: the image of an OCI layout (directory or tar) into
-    containerd, pushed to IMAGE_REF (blobs the registry has are skipped, the tag last), then indexed and its
-    index pushed as ``index_image`` does."""
+    containerd, pushed to IMAGE_REF (blobs the registry has are skipped, the tag last), then (``recorder``: a
+    start of it recorded for its prefetch list) indexed and its index pushed as ``index_image`` does."""
     from wrapper.image.ocilayout import Importer, OciLayout
     from wrapper.image.push import ImagePusher
 
@@ -282,6 +295,8 @@ def run_index_from_oci(
         )
     soci_bin = check_soci(request.soci_bin)
     check_containerd(daemon_options)
+    if recorder is not None:
+        recorder.preflight()
     stages = Stages(reporter)
     with OciLayout(layout_path) as layout:
         with stages("resolve", str(layout_path)):
@@ -295,6 +310,8 @@ def run_index_from_oci(
                 registry.credentials.get(ref.registry)
             report = _indexing_report(request, str(ref), image, stages)
             indexable = _only_indexable(image, request.pull.min_layer_size, report, reporter)
+            if recorder is not None:
+                recording_platform(indexable)  # one this machine can start: before anything is pushed
             push_auth = _push_auth(registry, ref) if request.soci_version == "V1" else None
             client = session.client()
             run_dir = session.image_dir()
@@ -305,6 +322,8 @@ def run_index_from_oci(
             report.pull = imported.summary()
             with stages("push-image", f"{ref}"):
                 ImagePusher(client, registry, reporter=reporter).push(imported.image_name, ref)
+            if recorder is not None:  # the image is in the registry now: the recording pulls it from there
+                request = record_prefetch(recorder, request, registry, indexable, report, session, stages)
             pulled = dataclasses.replace(imported, selected=indexable.selected)
             indexing = Indexing(
                 request, pulled, _soci(soci_bin, client, run_dir, request), report, stages, {}

@@ -20,6 +20,7 @@ from wrapper.containerd.daemon import ManagedContainerd, ProxyPlugin, find_conta
 from wrapper.containerd.snapshots import SnapshotsService
 from wrapper.core.errors import MissingDependencyError
 from wrapper.startup.meter import MeteredMirror
+from wrapper.startup.report import PrefetchLoaded
 from wrapper.startup.sandbox import Sandbox
 
 # Taken off the indexing config's disabled plugins (IDs of 1.6 and of 2.x; each release ignores the other's).
@@ -81,6 +82,7 @@ class Daemons:
     known_as: str
     via: str
     fuse_mounts: Callable[[], int] = lambda: 0
+    prefetch_loaded: Callable[[], list[PrefetchLoaded]] = list
 
 
 def leased_client(

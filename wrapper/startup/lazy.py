@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from wrapper.containerd.client import ContainerdClient
 from wrapper.core.errors import MissingDependencyError
@@ -28,6 +30,7 @@ from wrapper.startup.daemon import (
     sandboxed_containerd,
 )
 from wrapper.startup.meter import MeteredMirror
+from wrapper.startup.report import PrefetchLoaded
 from wrapper.startup.sandbox import Sandbox
 
 # The snapshotter's stock behaviour (its config/config.toml in v0.15.0), prefetch turned on.
@@ -103,4 +106,25 @@ def start_lazy(
         known_as,
         via,
         fuse_mounts=lambda: len(snapshotter.fuse_mounts()),
+        prefetch_loaded=lambda: prefetch_loaded(snapshotter.log_entries()),
     )
+
+
+_LOADING = re.compile(r"^Loading prefetch artifact (sha256:[0-9a-f]{64})$")
+_LOADED = re.compile(r"^Successfully loaded prefetch artifact with (\d+) span ranges$")
+
+
+def prefetch_loaded(entries: Sequence[dict[str, Any]]) -> list[PrefetchLoaded]:
+    """The prefetch artifacts the snapshotter's log says it loaded, per layer (its entries' ``src`` ends with
+    the layer digest): it logs "Loading prefetch artifact D", fetches the spans, then "resolved layer", and only
+    then mounts the layer (soci-snapshotter v0.15.0, fs/layer/layer.go)."""
+    artifacts: dict[str, str] = {}
+    ranges: dict[str, int] = {}
+    for entry in entries:
+        layer = str(entry.get("src", "")).rpartition("/")[2]
+        message = str(entry.get("msg", ""))
+        if (loading := _LOADING.match(message)) is not None:
+            artifacts.setdefault(layer, loading.group(1))
+        elif (loaded := _LOADED.match(message)) is not None:
+            ranges.setdefault(layer, int(loaded.group(1)))
+    return [PrefetchLoaded(layer, artifact, ranges.get(layer)) for layer, artifact in artifacts.items()]

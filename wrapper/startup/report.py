@@ -11,6 +11,16 @@ from wrapper.startup.rootfs import LayerOutcome
 LAZY, FULL = "lazy", "full"
 
 
+@dataclass(frozen=True)
+class PrefetchLoaded:
+    """A prefetch artifact the snapshotter loaded for ``layer`` (its log says so): it fetched the spans of its
+    ``span_ranges`` before it mounted the layer."""
+
+    layer: str
+    artifact: str
+    span_ranges: int | None = None  # None: its log did not say
+
+
 @dataclass
 class VariantReport:
     """One start of the container. Seconds: ``pull`` from the first request to the registry until the root
@@ -31,6 +41,7 @@ class VariantReport:
     layers: list[LayerOutcome] = field(default_factory=list)
     fuse_mounts: int = 0
     exit_status: int | None = None
+    prefetch: list[PrefetchLoaded] = field(default_factory=list)  # lazy: the index's prefetch artifacts used
 
     @property
     def lazy_layers(self) -> int:

@@ -217,6 +217,7 @@ def _run_variant(
         report.total_seconds = launched - started + outcome.ready
         report.exit_status = outcome.exit_status
         report.fuse_mounts = daemons.fuse_mounts()
+        report.prefetch = daemons.prefetch_loaded()
         report.bytes_fetched, report.registry_requests = daemons.mirror.meter.snapshot()
         reporter.info(
             f"    {kind}: pull {report.pull_seconds:.2f} s, ready {report.ready_seconds:.2f} s, total "
