@@ -61,6 +61,7 @@ from tests.fixtures.registry import RegistryServer, start_registry
 from tests.imagefactory import push_image
 from wrapper.containerd.daemon import containerd_binary_version
 from wrapper.core.errors import WrapperError
+from wrapper.core.options import DEFAULT_PREFETCH_MAX_FILES, sample_prefetch
 from wrapper.core.reference import Reference
 from wrapper.registry.auth import CredentialStore
 from wrapper.registry.client import RegistryClient
@@ -157,7 +158,12 @@ def index_image(
     args = ["index", bench.ref(shape, "v1"), "--soci-version", "V2", "--output-tag", tag, "--json", "--quiet"]
     args += ["--work-dir", str(work), "--soci-bin", bench.soci, *extra]
     if prefetch is not None:
-        args += ["--prefetch-files-json", str(prefetch)]
+        args += [
+            "--prefetch-files-json",
+            str(prefetch),
+            "--prefetch-max-files",
+            str(bench.args.prefetch_max_files),
+        ]
     watched = bench.wrapper(args, f"soci-wrapper index {shape} -> {tag}")
     shutil.rmtree(work, ignore_errors=True)
     report = _json_of(watched, "soci-wrapper index")
@@ -195,7 +201,7 @@ def record_start(bench: Bench, shape: str) -> Path:
     if not isinstance(files, list) or not files:
         raise BenchmarkError(f"startup --record ({shape}) recorded nothing")
     sizes = {path: size for layer in bench.images[shape].layers for path, size in layer.sizes.items()}
-    used = thin(files, bench.args.prefetch_max_files, sizes)
+    used = sample_prefetch(files, bench.args.prefetch_max_files, sizes)  # the tool's own choice, with sizes
     record.write_text(json.dumps(used))
     bench.results.setup.setdefault("recorded", {})[shape] = {
         "files": len(files),
@@ -203,29 +209,6 @@ def record_start(bench: Bench, shape: str) -> Path:
         "seconds": round(watched.seconds, 2),
     }
     return record
-
-
-BIG_FILE = 1 << 20
-
-
-def thin(files: list[str], limit: int, sizes: dict[str, int] | None = None) -> list[str]:
-    """At most ``limit`` of ``files``, in their order (first access first): every file of ``BIG_FILE`` or more
-    (``sizes``: path -> bytes), then an even sample of the others.
-
-    soci v0.15.0 (``buildPrefetchLayer``) decodes the layer's zTOC checkpoints once per listed file and keeps them
-    until the end: about 1.8 MB per file of the 67 MB SDK layer (1,000 files: 1.7 GB peak, 2,000: 3.6 GB), so a
-    start that opens 15,000 files would need ~27 GB. Its prefetch artifacts name spans, not files: a large file
-    covers spans of its own (so all of them are kept), small files read one after another share spans (so a
-    sample keeps most of the spans the whole list names)."""
-    if len(files) <= limit:
-        return files
-    sizes = sizes or {}
-    big = {f for f in files if sizes.get(f, 0) >= BIG_FILE}
-    small = [f for f in files if f not in big]
-    room = max(0, limit - len(big))
-    step = len(small) / room if room else 0.0
-    sampled = {small[int(i * step)] for i in range(room)} if room else set()
-    return [f for f in files if f in big or f in sampled][:limit]
 
 
 def prepare_shape(bench: Bench, shape: str) -> None:
@@ -428,9 +411,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     what.add_argument(
         "--prefetch-max-files",
         type=int,
-        default=1000,
-        help="at most this many recorded files go into the prefetch list (default: %(default)s; "
-        "files of 1 MiB or more first; soci v0.15.0 needs ~1.8 MB of memory per listed file of a large layer)",
+        default=DEFAULT_PREFETCH_MAX_FILES,
+        help="at most this many recorded files go into the prefetch list (default: %(default)s; files of 1 MiB "
+        "or more first, as index --prefetch-max-files would with their sizes: wrapper.core.options.sample_prefetch)",
     )
     link = parser.add_argument_group("the registry's link")
     link.add_argument("--latency-ms", type=float, default=20.0, help="added to every request (default: 20)")

@@ -308,6 +308,25 @@ def test_a_listed_file_in_no_indexed_layer_is_reported(ctx: Ctx) -> None:
     assert set(prefetch_in_registry(client, ref, doc)) == {image.layers[0].digest}
 
 
+def test_a_list_over_prefetch_max_files_is_sampled_with_a_warning(ctx: Ctx) -> None:
+    """--prefetch-max-files 2 and 3 listed files: soci is given an even sample (the first and the second), as
+    its not-found list shows (the third, also in no layer, is not in it); the warning and the counts say so."""
+    tmp_path, registry, client, soci_bin = ctx.tmp_path, ctx.registry, ctx.client, ctx.soci_bin
+    image = app_image(tmp_path, ctx.seed, compress=True)
+    ref = push(registry, client, "prefetch/capped", image)
+    listed = list_file(tmp_path, ["/nope/first", "/app/c.bin", "/nope/third"])
+    proc = index(
+        soci_bin, ref, tmp_path / "w", "--prefetch-files-json", str(listed), "--prefetch-max-files", "2"
+    )
+    report = report_of(proc)
+    assert (report["prefetch_files"], report["prefetch_files_dropped"]) == (2, 1)
+    assert report["indexes"][0]["prefetch_not_found"] == ["nope/first"]
+    assert [p["layer"] for p in report["indexes"][0]["prefetch"]] == [image.layers[0].digest]
+    [warning] = [w for w in report["warnings"] if "--prefetch-max-files" in w]
+    assert "3 files, more than --prefetch-max-files 2: 1 left out" in warning
+    assert f"warning: {warning}" in proc.stderr
+
+
 def test_reused_ztocs_give_the_same_prefetch_artifacts(ctx: Ctx) -> None:
     tmp_path, registry, client, soci_bin = ctx.tmp_path, ctx.registry, ctx.client, ctx.soci_bin
     image = app_image(tmp_path, ctx.seed, compress=True)

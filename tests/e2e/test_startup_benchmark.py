@@ -18,7 +18,6 @@ import pytest
 
 from benchmarks.host_image import HostLayerPlan, HostTree, build_host_layer, layer_key
 from benchmarks.slow_registry import LinkSettings, check_link, slow_registry
-from benchmarks.startup_benchmark import thin
 from benchmarks.startup_images import MODULES, SDK_TARGET, ShapeImage, build_shape_images
 from tests.fixtures.deps import unavailable
 from tests.fixtures.registry import start_registry
@@ -155,14 +154,6 @@ def test_the_slow_registry_holds_back_and_paces_every_response(
     assert len(blobs) == 3 and all(r.throttled and r.body_bytes == layer.size for r in blobs)
     assert all(f.end >= f.start for f in log)
     assert [f.bytes for f in log if f.blob] == [layer.size] * 3
-
-
-def test_thin_keeps_the_large_files_and_spreads_over_the_rest_in_order() -> None:
-    files = [f"/f{i}" for i in range(10)]
-    assert thin(files, 20) == files
-    assert thin(files, 5) == ["/f0", "/f2", "/f4", "/f6", "/f8"]
-    sizes = {"/f3": 5 << 20, "/f9": 1 << 20, "/f1": 1000}
-    assert thin(files, 4, sizes) == ["/f0", "/f3", "/f5", "/f9"]
 
 
 def test_one_round_of_the_benchmark(

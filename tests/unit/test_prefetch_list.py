@@ -10,8 +10,15 @@ import pytest
 
 from wrapper.core.errors import UsageError
 from wrapper.core.models import SOCI_LAYER_DIGEST_ANNOTATION, Descriptor, Platform, PlatformImage
-from wrapper.core.options import prefetch_list, prefetch_path
+from wrapper.core.options import (
+    IndexRequest,
+    cap_prefetch_list,
+    prefetch_list,
+    prefetch_path,
+    sample_prefetch,
+)
 from wrapper.core.progress import QuietReporter
+from wrapper.core.reference import Reference
 from wrapper.core.report import SOCI_PREFETCH, LayerEvents, PlatformIndex, PrefetchArtifact, describe_index
 from wrapper.soci.runner import parse_event
 
@@ -117,3 +124,40 @@ def test_the_summary_line() -> None:
     assert idx.prefetch_summary() == (
         "prefetch: 1 artifact (4 spans); 4 listed files in no indexed layer: a, b, c and 1 more"
     )
+
+
+def test_a_sample_keeps_the_large_files_and_spreads_over_the_rest_in_order() -> None:
+    files = [f"/f{i}" for i in range(10)]
+    assert sample_prefetch(files, 20) == files
+    assert sample_prefetch(files, 0) == files  # 0: no cap
+    assert sample_prefetch(files, 5) == ["/f0", "/f2", "/f4", "/f6", "/f8"]
+    sizes = {"/f3": 5 << 20, "/f9": 1 << 20, "/f1": 1000}
+    assert sample_prefetch(files, 4, sizes) == ["/f0", "/f3", "/f5", "/f9"]
+    assert sample_prefetch(files, 1, sizes) == ["/f3"]  # more large files than room: the first ones
+    # a list with a path twice still gives exactly the cap
+    assert len(sample_prefetch(["/a", "/a", "/b", "/c"], 3)) == 3
+
+
+def test_the_cap_keeps_the_given_files_then_a_sample_of_the_recorded() -> None:
+    given = ("/app/main", "/etc/app.conf")
+    recorded = [f"/r{i}" for i in range(8)]
+    whole = cap_prefetch_list(given, recorded, 10)
+    assert whole.files == (*given, *recorded) and whole.dropped == 0
+    assert cap_prefetch_list(given, recorded, 0).files == (*given, *recorded)  # 0: no cap
+    capped = cap_prefetch_list(given, recorded, 6)
+    assert capped.files == (*given, "/r0", "/r2", "/r4", "/r6")
+    assert (capped.given_dropped, capped.recorded_dropped, capped.dropped) == (0, 4, 4)
+    sized = cap_prefetch_list(given, recorded, 4, {"/r7": 2 << 20})
+    assert sized.files == (*given, "/r0", "/r7")
+
+
+def test_given_files_alone_over_the_cap_are_sampled_and_no_recorded_kept() -> None:
+    given = [f"/g{i}" for i in range(6)]
+    capped = cap_prefetch_list(given, ["/r0"], 3)
+    assert capped.files == ("/g0", "/g2", "/g4")
+    assert (capped.given_dropped, capped.recorded_dropped) == (3, 1)
+
+
+def test_a_negative_cap_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="--prefetch-max-files must be 0"):
+        IndexRequest(Reference.parse("registry.example/app:1"), prefetch_max_files=-1)

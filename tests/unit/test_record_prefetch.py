@@ -5,6 +5,7 @@ prefetch artifacts it loaded."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
 
 import pytest
@@ -13,9 +14,11 @@ from wrapper.cli.arguments import build_parser
 from wrapper.cli.startup import prefetch_recorder, split_container_command
 from wrapper.core.errors import UsageError
 from wrapper.core.models import Descriptor, Platform, PlatformImage, ResolvedImage
+from wrapper.core.options import IndexRequest
+from wrapper.core.progress import QuietReporter
 from wrapper.core.reference import Reference
 from wrapper.core.report import IndexReport, RecordedPrefetch
-from wrapper.run.recording import merged_list, recording_platform
+from wrapper.run.recording import capped_request, merged_list, recording_platform
 from wrapper.startup.lazy import prefetch_loaded
 from wrapper.startup.report import PrefetchLoaded
 
@@ -38,6 +41,43 @@ def _image(*platforms: Platform) -> ResolvedImage:
     return ResolvedImage(
         Reference.parse("reg.example/app:1"), descriptor, None, [], list(platforms), selected
     )
+
+
+class _Lines(QuietReporter):
+    """Progress lines, kept (a plain run shows them; --quiet's reporter does not)."""
+
+    def __init__(self) -> None:
+        super().__init__(io.StringIO())
+        self.lines: list[str] = []
+
+    def info(self, message: str) -> None:
+        self.lines.append(message)
+
+
+def test_a_list_over_the_cap_keeps_the_given_files_first_and_says_so() -> None:
+    request = IndexRequest(Reference.parse("reg.example/app:1"), prefetch_files=("/g",), prefetch_max_files=3)
+    recorded = merged_list(request.prefetch_files, ["/r0", "/r1", "/r2", "/r3"])
+    report = IndexReport("reg/app:1", DIGEST, "V2", "indexed", ["linux/amd64"])
+    reporter = _Lines()
+    capped = capped_request(request, report, reporter, recorded)
+    assert capped.prefetch_files == ("/g", "/r0", "/r2")
+    assert (report.prefetch_files, report.prefetch_files_dropped) == (3, 2)
+    assert report.to_json()["prefetch_files_dropped"] == 2
+    assert (
+        len(report.warnings) == 1
+        and "5 files, more than --prefetch-max-files 3: 2 left out" in report.warnings[0]
+    )
+    assert "1.8 MB of memory per listed file" in report.warnings[0]
+    assert reporter.lines == [f"warning: {report.warnings[0]}"]
+    # under the cap: the list as it is, no warning
+    under = IndexReport("reg/app:1", DIGEST, "V2", "indexed", ["linux/amd64"])
+    assert capped_request(request, under, _Lines()).prefetch_files == ("/g",)
+    assert (under.prefetch_files, under.prefetch_files_dropped, under.warnings) == (1, 0, [])
+    # --quiet: nothing on stderr, the warning still in the report
+    stream = io.StringIO()
+    quiet = IndexReport("reg/app:1", DIGEST, "V2", "indexed", ["linux/amd64"])
+    capped_request(request, quiet, QuietReporter(stream), recorded)
+    assert stream.getvalue() == "" and quiet.warnings == report.warnings
 
 
 def test_the_recording_starts_this_machines_platform_or_says_why_it_cannot() -> None:

@@ -33,7 +33,7 @@ from wrapper.cli.values import (
     parse_size,
 )
 from wrapper.core.errors import ExitCode
-from wrapper.core.options import DEFAULT_MIN_LAYER_SIZE
+from wrapper.core.options import DEFAULT_MIN_LAYER_SIZE, DEFAULT_PREFETCH_MAX_FILES
 from wrapper.verify.report import DEFAULT_FILES_PER_LAYER, LEVELS
 
 _FORMAT = argparse.RawDescriptionHelpFormatter
@@ -223,6 +223,15 @@ def _index(sub: SubParsers) -> None:
         type=Path,
         metavar="FILE",
         help='the same for every path of a JSON array in FILE (soci\'s format: ["/app/main.py", ...])',
+    )
+    g.add_argument(
+        "--prefetch-max-files",
+        type=int,
+        default=DEFAULT_PREFETCH_MAX_FILES,
+        metavar="N",
+        help="give soci at most N listed files (default %(default)s; 0: no cap): soci v0.15.0 holds ~1.8 MB of "
+        "memory per listed file (1,000: ~1.7 GB). A longer list keeps the given files first, then an even "
+        "sample of the recorded ones in first-access order, with a warning",
     )
     add_soci_bin(g)
     g = p.add_argument_group("prefetch list recorded from a start (--record-prefetch [...] [-- CMD ARGS])")

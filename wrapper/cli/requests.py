@@ -342,6 +342,7 @@ def index_request(args: argparse.Namespace, reference: Reference, settings: Inde
         reuse=reuse_options(args, reference),
         overlap=args.overlap,
         prefetch_files=settings.prefetch_files,
+        prefetch_max_files=args.prefetch_max_files,
     )
 
 

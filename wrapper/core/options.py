@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -19,6 +19,10 @@ Overlap = Literal["auto", "always", "never"]
 
 DEFAULT_MIN_LAYER_SIZE = 10 * 1024 * 1024  # soci's default
 DEFAULT_CACHE_MAX_BYTES = 2 * 1024 * 1024 * 1024
+# soci v0.15.0 (buildPrefetchLayer) decodes the layer's zTOC checkpoints once per listed file and keeps them until
+# it exits: ~1.8 MB per file of a 67 MB layer (1,000 files: 1.7 GB peak, 2,000: 3.6 GB; benchmarks/README.md).
+DEFAULT_PREFETCH_MAX_FILES = 1000
+BIG_PREFETCH_FILE = 1 << 20  # a file this large covers spans of its own: kept whenever sizes are known
 
 
 @dataclass(frozen=True)
@@ -99,8 +103,12 @@ class IndexRequest:
     # Files the snapshotter fetches before it mounts each layer (--prefetch-file, --prefetch-files-json): soci
     # adds a prefetch artifact per layer holding any of them. Empty: no prefetch artifacts.
     prefetch_files: tuple[str, ...] = ()
+    # At most this many of them go to soci (--prefetch-max-files; 0: no cap): see cap_prefetch_list.
+    prefetch_max_files: int = DEFAULT_PREFETCH_MAX_FILES
 
     def __post_init__(self) -> None:
+        if self.prefetch_max_files < 0:
+            raise UsageError("--prefetch-max-files must be 0 (no cap) or more")
         if self.soci_version == "V2" and not self.output_tag:
             raise UsageError(
                 "--soci-version V2 needs --output-tag", hint="name the tag for the SOCI-enabled image"
@@ -140,3 +148,53 @@ def prefetch_list(files: Sequence[str], json_file: Path | None) -> tuple[str, ..
 def prefetch_path(path: str) -> str:
     """A listed path as soci matches it against a layer's files: cleaned, without a leading slash."""
     return posixpath.normpath("/" + path).lstrip("/")
+
+
+def sample_prefetch(files: Sequence[str], limit: int, sizes: Mapping[str, int] | None = None) -> list[str]:
+    """At most ``limit`` of ``files`` (0: all), in their order (first access first): every file of
+    ``BIG_PREFETCH_FILE`` or more (``sizes``: path -> bytes, when known), then an even sample of the others.
+
+    soci's prefetch artifacts name spans, not files: a large file covers spans of its own (so all of them are
+    kept), small files read one after another share spans (so a sample keeps most of the spans the whole list
+    names: 58 of 60 in the start-up benchmark, where an even sample alone kept 39)."""
+    if limit <= 0 or len(files) <= limit:
+        return list(files)
+    known = sizes or {}
+    big = [i for i, f in enumerate(files) if known.get(f, 0) >= BIG_PREFETCH_FILE]
+    if len(big) >= limit:
+        keep = set(big[:limit])
+    else:
+        small = [i for i, f in enumerate(files) if known.get(f, 0) < BIG_PREFETCH_FILE]
+        room = limit - len(big)
+        step = len(small) / room  # > 1: there are more small files than room
+        keep = set(big) | {small[int(k * step)] for k in range(room)}
+    return [f for i, f in enumerate(files) if i in keep]
+
+
+@dataclass(frozen=True)
+class CappedPrefetch:
+    """The prefetch list soci is given (``files``) and what the cap left out of it."""
+
+    files: tuple[str, ...]
+    given_dropped: int = 0  # of --prefetch-file/--prefetch-files-json (only when they alone pass the cap)
+    recorded_dropped: int = 0  # of the recorded files (--record-prefetch)
+
+    @property
+    def dropped(self) -> int:
+        return self.given_dropped + self.recorded_dropped
+
+
+def cap_prefetch_list(
+    given: Sequence[str], recorded: Sequence[str], limit: int, sizes: Mapping[str, int] | None = None
+) -> CappedPrefetch:
+    """At most ``limit`` (0: no cap) of the files ``given`` then ``recorded`` (those not given already): the
+    given ones first, whole while they fit (else an even sample of them, and none recorded), then the recorded
+    ones chosen by ``sample_prefetch`` in the room left. soci needs ~1.8 MB of memory per listed file."""
+    if limit <= 0 or len(given) + len(recorded) <= limit:
+        return CappedPrefetch(tuple(given) + tuple(recorded))
+    if len(given) >= limit:
+        return CappedPrefetch(tuple(sample_prefetch(given, limit, sizes)), len(given) - limit, len(recorded))
+    room = limit - len(given)
+    return CappedPrefetch(
+        tuple(given) + tuple(sample_prefetch(recorded, room, sizes)), 0, len(recorded) - room
+    )

@@ -160,7 +160,8 @@ class IndexReport:
     push: dict[str, Any] | None = None
     reason: str | None = None  # why nothing was done (not-an-image)
     work_dir: str | None = None
-    prefetch_files: int = 0  # paths in the prefetch list (--prefetch-file, --prefetch-files-json)
+    prefetch_files: int = 0  # paths in the list soci is given (--prefetch-file/-files-json, recorded)
+    prefetch_files_dropped: int = 0  # paths left out of it by --prefetch-max-files (a warning says so)
     warnings: list[str] = field(default_factory=list)  # also printed as the run goes (not with --json alone)
     recorded: RecordedPrefetch | None = None  # --record-prefetch: what the recorded start opened
 

@@ -39,7 +39,7 @@ from wrapper.core.report import IndexReport, PlatformIndex, PlatformSkipped, Sta
 from wrapper.image.pull import Puller, PullResult
 from wrapper.image.resolve import resolve_image
 from wrapper.registry.client import RegistryClient
-from wrapper.run.recording import PrefetchRecorder, record_prefetch, recording_platform
+from wrapper.run.recording import PrefetchRecorder, capped_request, record_prefetch, recording_platform
 from wrapper.run.session import (
     Session,
     check_containerd,
@@ -134,6 +134,8 @@ def index_image(
         image = _only_indexable(image, request.pull.min_layer_size, report, reporter)
         if recorder is not None:  # the list is needed from here on: the existing index is checked against it
             request = record_prefetch(recorder, request, registry, image, report, session, stages)
+        else:  # the given list under --prefetch-max-files (a recording caps its merged list)
+            request = capped_request(request, report, reporter)
         existing: list[PlatformIndex] | None = None
         existing_prefetch: dict[str, dict[str, str]] = {}
         if not request.force:
@@ -312,6 +314,8 @@ def run_index_from_oci(
             indexable = _only_indexable(image, request.pull.min_layer_size, report, reporter)
             if recorder is not None:
                 recording_platform(indexable)  # one this machine can start: before anything is pushed
+            else:
+                request = capped_request(request, report, reporter)
             push_auth = _push_auth(registry, ref) if request.soci_version == "V1" else None
             client = session.client()
             run_dir = session.image_dir()

@@ -27,7 +27,7 @@ from typing import Protocol
 
 from wrapper.core.errors import UsageError
 from wrapper.core.models import Platform, PlatformImage, ResolvedImage
-from wrapper.core.options import IndexRequest, prefetch_path
+from wrapper.core.options import CappedPrefetch, IndexRequest, cap_prefetch_list, prefetch_path
 from wrapper.core.progress import PrefixedReporter, Reporter
 from wrapper.core.reference import Reference
 from wrapper.core.report import IndexReport, RecordedPrefetch, Stages
@@ -105,6 +105,37 @@ def record_prefetch(
         f"    recorded {recorded.count} files opened before ready in {recorded.seconds:.2f} s"
     )
     report.recorded = recorded
-    files = merged_list(request.prefetch_files, recorded.files)
-    report.prefetch_files = len(files)
-    return dataclasses.replace(request, prefetch_files=files)
+    return capped_request(
+        request, report, stages.reporter, merged_list(request.prefetch_files, recorded.files)
+    )
+
+
+def capped_request(
+    request: IndexRequest, report: IndexReport, reporter: Reporter, merged: tuple[str, ...] | None = None
+) -> IndexRequest:
+    """``request`` with the prefetch list soci is given: ``merged`` (the given files, then the recorded ones;
+    default: the given ones) under ``--prefetch-max-files`` (wrapper.core.options.cap_prefetch_list). What the
+    cap leaves out is said once (a progress line: not with --quiet) and in the report's warnings and counts."""
+    files = request.prefetch_files if merged is None else merged
+    given = request.prefetch_files
+    capped = cap_prefetch_list(given, files[len(given) :], request.prefetch_max_files)
+    report.prefetch_files = len(capped.files)  # what soci is given
+    report.prefetch_files_dropped = capped.dropped
+    if capped.dropped:
+        text = (
+            f"the prefetch list has {len(files)} files, more than --prefetch-max-files "
+            f"{request.prefetch_max_files}: {capped.dropped} left out ({_which_dropped(capped, len(given))}); "
+            "soci v0.15.0 needs ~1.8 MB of memory per listed file (0: no cap)"
+        )
+        reporter.info(f"warning: {text}")
+        report.warnings.append(text)
+    return dataclasses.replace(request, prefetch_files=capped.files)
+
+
+def _which_dropped(capped: CappedPrefetch, given: int) -> str:
+    """Which files the cap kept, in words."""
+    if capped.given_dropped:
+        but = f", none of the {capped.recorded_dropped} recorded" if capped.recorded_dropped else ""
+        return f"an even sample of the {given} given files kept, in their order{but}"
+    first = f"the {given} given files kept, then " if given else ""
+    return f"{first}an even sample of the recorded ones, in first-access order"
