@@ -147,8 +147,17 @@ def kill_and_check(run: Run, mode: str, *, leaves: str = "") -> dict[str, Any]:
     proc.wait(timeout=10)
     killed_at = time.monotonic()
     deadline = killed_at + GONE_WITHIN
-    expected_left = {p for p, cmd in still_running(tree).items() if leaves and leaves in cmd}
-    while set(still_running(tree)) - expected_left and time.monotonic() < deadline:
+    # With its watchdog alive, everything goes (the watchdog kills the grandchild too, a moment after the rest):
+    # wait for all of it. With the watchdog killed first, the grandchild stays until the next run.
+    keeps = leaves if mode == "tool-and-watchdog" else ""
+    expected_left = {p for p, cmd in still_running(tree).items() if keeps and keeps in cmd}
+
+    def settled() -> bool:  # what must go is gone (and, with the watchdog alive, its run directory too)
+        if set(still_running(tree)) - expected_left:
+            return False
+        return mode != "tool" or not any(p.name.startswith("soci-wrapper-") for p in work.iterdir())
+
+    while not settled() and time.monotonic() < deadline:
         time.sleep(0.05)
     left = still_running(tree)
     print(

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -144,6 +145,12 @@ def test_the_slow_registry_holds_back_and_paces_every_response(
             check = check_link(
                 proxy.host, registry.host, f"/v2/bench/unread-sdk/blobs/{layer.digest}", requests=3
             )
+            # The client has every byte a moment before the relay thread counts the last chunk it sent.
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and any(
+                f.bytes != layer.size for f in proxy.fetch_log() if f.blob
+            ):
+                time.sleep(0.02)
             recorded = proxy.requests
             log = proxy.fetch_log()
     finally:
