@@ -18,8 +18,10 @@ import pytest
 import urllib3
 
 from wrapper.containerd.mounts import Mount
+from wrapper.core.errors import ContainerdError, ExitCode, MissingDependencyError
 from wrapper.core.models import Descriptor
 from wrapper.core.options import prefetch_list
+from wrapper.startup.daemon import check_can_run
 from wrapper.startup.meter import MeteredMirror
 from wrapper.startup.netns import PortProbe, accepts
 from wrapper.startup.recorder import FAN_OPEN, FAN_OPEN_EXEC, OpenedFiles, parse_events, write_prefetch_list
@@ -232,3 +234,33 @@ def test_the_port_probe_connects_in_a_network_namespace() -> None:
     probe.start()
     probe.join(5)
     assert errors and "cannot enter the container's network namespace" in errors[0]
+
+
+def _programs(tmp_path: Path, *names: str) -> Path:
+    """A directory holding executables of these names (the only PATH of a check)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in names:
+        (bin_dir / name).write_text("#!/bin/sh\nexit 0\n")
+        (bin_dir / name).chmod(0o755)
+    return bin_dir
+
+
+@pytest.mark.parametrize("missing", ["containerd", "runc", "containerd-shim-runc-v2"])
+def test_running_a_container_needs_containerd_runc_and_its_shim(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, missing: str
+) -> None:
+    names = [n for n in ("containerd", "runc", "containerd-shim-runc-v2") if n != missing]
+    monkeypatch.setenv("PATH", str(_programs(tmp_path, *names)))
+    with pytest.raises(MissingDependencyError, match=rf"startup .*{missing}") as caught:
+        check_can_run("containerd", what="startup", root_hint="")
+    assert caught.value.exit_code == ExitCode.MISSING_DEPENDENCY
+
+
+def test_running_a_container_needs_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(_programs(tmp_path, "containerd", "runc", "containerd-shim-runc-v2")))
+    check_can_run("containerd", what="startup", root_hint="")  # as root: all there
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(ContainerdError, match=r"--record-prefetch .* needs root") as caught:
+        check_can_run("containerd", what="--record-prefetch", root_hint="run as root")
+    assert caught.value.hint == "run as root"

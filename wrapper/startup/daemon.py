@@ -18,10 +18,11 @@ from pathlib import Path
 from wrapper.containerd.client import ContainerdClient
 from wrapper.containerd.daemon import ManagedContainerd, ProxyPlugin, find_containerd
 from wrapper.containerd.snapshots import SnapshotsService
-from wrapper.core.errors import MissingDependencyError
+from wrapper.core.errors import ContainerdError, MissingDependencyError
 from wrapper.startup.meter import MeteredMirror
 from wrapper.startup.report import PrefetchLoaded
 from wrapper.startup.sandbox import Sandbox
+from wrapper.system.binaries import find_program
 
 # Taken off the indexing config's disabled plugins (IDs of 1.6 and of 2.x; each release ignores the other's).
 RUN_PLUGINS = (
@@ -34,6 +35,30 @@ RUN_PLUGINS = (
     "io.containerd.shim.v1.manager",
 )
 SNAPSHOTTER_PLUGIN = "soci"
+SHIM = "containerd-shim-runc-v2"
+
+
+def check_can_run(containerd_bin: str, *, what: str, root_hint: str) -> None:
+    """Before any network work: what running a container here needs (containerd, runc and containerd's runc
+    shim, root). ``what``: who asks, as the errors say it (``startup``, ``--record-prefetch``)."""
+    program = find_containerd(containerd_bin)
+    if program is None:
+        raise MissingDependencyError(
+            f"{what} starts the image in a containerd of its own: containerd not found "
+            f"(looked for {containerd_bin})",
+            hint="install containerd, or pass --containerd-bin",
+        )
+    beside = Path(program).resolve().parent  # containerd finds its shim beside itself, too
+    for name in ("runc", SHIM):
+        if find_program(name) is None and not (name == SHIM and (beside / SHIM).is_file()):
+            raise MissingDependencyError(
+                f"{what} runs the image with runc: {name} is not on PATH",
+                hint="install runc and containerd's runc shim (Debian: the runc and containerd packages)",
+            )
+    if os.geteuid() != 0:
+        raise ContainerdError(
+            f"{what} starts the image in a containerd of its own, which needs root", hint=root_hint
+        )
 
 
 def launcher_script(sandbox: Sandbox, binary: str, directory: Path) -> str:

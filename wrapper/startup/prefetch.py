@@ -18,25 +18,20 @@ soci-snapshotter-grpc. That is the sound choice, and the fastest:
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wrapper.containerd.daemon import find_containerd
-from wrapper.core.errors import ContainerdError, MissingDependencyError
 from wrapper.core.models import Platform
 from wrapper.core.progress import Reporter
 from wrapper.core.reference import Reference
 from wrapper.core.report import RecordedPrefetch
 from wrapper.registry.client import RegistryClient
 from wrapper.startup.container import Readiness
+from wrapper.startup.daemon import check_can_run
 from wrapper.startup.report import FULL
 from wrapper.startup.run import StartupRequest, run_startup
 from wrapper.startup.spec import Limits
-
-SHIM = "containerd-shim-runc-v2"
 
 
 @dataclass(frozen=True)
@@ -55,26 +50,12 @@ class StartupRecorder:
 
     def preflight(self) -> None:
         """Root, containerd, runc and its shim: a recording runs containers."""
-        program = find_containerd(self.containerd_bin)
-        if program is None:
-            raise MissingDependencyError(
-                f"--record-prefetch starts the image in a containerd of its own: containerd not found "
-                f"(looked for {self.containerd_bin})",
-                hint="install containerd, or pass --containerd-bin",
-            )
-        beside = Path(program).resolve().parent
-        for name in ("runc", SHIM):
-            if shutil.which(name) is None and not (name == SHIM and (beside / SHIM).is_file()):
-                raise MissingDependencyError(
-                    f"--record-prefetch runs the image with runc: {name} is not on PATH",
-                    hint="install runc and containerd's runc shim (Debian: the runc and containerd packages)",
-                )
-        if os.geteuid() != 0:
-            raise ContainerdError(
-                "--record-prefetch starts the image in a containerd of its own, which needs root",
-                hint="run as root, or record with `soci-wrapper startup --record FILE` where you can and "
-                "pass FILE with --prefetch-files-json",
-            )
+        check_can_run(
+            self.containerd_bin,
+            what="--record-prefetch",
+            root_hint="run as root, or record with `soci-wrapper startup --record FILE` where you can and "
+            "pass FILE with --prefetch-files-json",
+        )
 
     def startup_request(
         self, image: Reference, platform: Platform | None, record: Path | None

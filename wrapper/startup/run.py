@@ -35,6 +35,7 @@ from wrapper.startup.container import ContainerRun, Readiness
 from wrapper.startup.daemon import (
     SNAPSHOTTER_PLUGIN,
     Daemons,
+    check_can_run,
     leased_client,
     sandboxed_containerd,
 )
@@ -90,6 +91,7 @@ def run_startup(
     """Start the image's container (each variant in turn) and report the times; StartupError when it does not
     become ready, with nothing left running or mounted either way."""
     reporter = reporter or QuietReporter()
+    check_can_run(request.containerd_bin, what="startup", root_hint="run as root (containers need it here)")
     ref = request.reference
     platforms = (request.platform,) if request.platform else ()
     with _stage(reporter, "resolve", str(ref)):
