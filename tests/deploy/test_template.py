@@ -21,6 +21,7 @@ from rich.console import Console
 from tests.deploy.cfn import PSEUDO, Stack, load_template
 from tests.deploy.eventbridge import matches, transform, wildcard_regex
 from wrapper.cli import main as cli
+from wrapper.cli.requests import index_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_PATH = ROOT / "deploy" / "soci-index-on-push.yaml"
@@ -151,7 +152,7 @@ def index_request(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], argv: li
     monkeypatch.setattr("wrapper.run.pipeline.run_index", capture)
     args = cli.build_parser().parse_args(cli._normalise_argv(argv))
     assert args.command == "index"
-    reference = cli._resolve_index_reference(args)
+    reference = index_reference(args)
     quiet = Console(quiet=True)
     with pytest.raises(Captured) as caught:
         cli.cmd_index(args, quiet, quiet, lambda: "")

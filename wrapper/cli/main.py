@@ -27,7 +27,6 @@ from wrapper.cli.requests import (
     daemon_options,
     env,
     index_job,
-    index_reference,
     pull_options,
     registry_options,
     verify_after_index,
@@ -48,9 +47,6 @@ if TYPE_CHECKING:  # the run's modules are imported when a command runs, not for
     from wrapper.verify.report import VerifyReport
 
 Handler = Callable[[argparse.Namespace, Console, Console, ReadLine], int]
-
-# index's one image (tests/deploy/test_template.py resolves it as index does).
-_resolve_index_reference = index_reference
 
 
 def _print_json(doc: object) -> None:
