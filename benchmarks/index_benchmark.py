@@ -85,7 +85,7 @@ from wrapper.core.models import Descriptor
 from wrapper.core.reference import Reference
 from wrapper.registry.auth import CredentialStore
 from wrapper.registry.client import RegistryClient
-from wrapper.soci.runner import find_soci, soci_version
+from wrapper.soci.binary import find_soci, soci_version
 
 MIN_LAYER = 10 * MiB  # soci's and soci-wrapper's default --min-layer-size
 SCENARIOS = ("cold-app", "cold-app-link", "rebuild", "rebuild-mid", "two-platform", "big", "memory")

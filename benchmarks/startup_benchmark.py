@@ -65,7 +65,7 @@ from wrapper.core.options import DEFAULT_PREFETCH_MAX_FILES, sample_prefetch
 from wrapper.core.reference import Reference
 from wrapper.registry.auth import CredentialStore
 from wrapper.registry.client import RegistryClient
-from wrapper.soci.runner import find_soci, soci_version
+from wrapper.soci.binary import find_soci, soci_version
 from wrapper.soci.snapshotter import check_snapshotter
 
 

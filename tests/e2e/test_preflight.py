@@ -15,7 +15,7 @@ from tests.proxy import HttpProxy
 from wrapper.core.errors import ContainerdError, ExitCode, MissingDependencyError
 from wrapper.core.options import DaemonOptions
 from wrapper.run.session import check_containerd
-from wrapper.soci.runner import SOCI_RELEASE, check_soci
+from wrapper.soci.binary import SOCI_RELEASE, check_soci
 
 
 def script(directory: Path, name: str, body: str) -> str:

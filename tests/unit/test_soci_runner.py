@@ -31,7 +31,8 @@ from wrapper.core.errors import (
 )
 from wrapper.core.models import Platform
 from wrapper.registry.dockerconfig import PrivateDockerConfig
-from wrapper.soci.runner import PushAuth, Soci, classify_failure
+from wrapper.soci.failures import classify_failure
+from wrapper.soci.runner import PushAuth, Soci
 
 
 def make(tmp_path: Path, binary: str = "/nonexistent/soci") -> Soci:
@@ -299,7 +300,7 @@ def test_identity_tokens_are_refused_for_soci_push() -> None:
 
 def test_a_push_racing_another_push_of_the_same_index_is_tried_again() -> None:
     """Two runs pushing one image: the registry may not have the other push's blob yet; soci push again."""
-    from wrapper.soci.runner import is_transient_failure
+    from wrapper.soci.failures import is_transient_failure
 
     race = (
         'soci: error pushing graph to remote: failed to perform "Push" on destination: PUT "http://r/v2/a/manifests/'

@@ -38,7 +38,7 @@ from wrapper.cli.values import parse_platform, parse_size
 from wrapper.core.errors import ExitCode, WrapperError
 from wrapper.core.progress import Reporter
 from wrapper.core.reference import Reference
-from wrapper.soci.runner import deliver_signal
+from wrapper.system.supervisor import deliver_signal
 
 if TYPE_CHECKING:  # the run's modules are imported when a command runs, not for --help
     from wrapper.core.options import IndexRequest

@@ -15,7 +15,8 @@ from wrapper.core.progress import PrefixedReporter, QuietReporter, Reporter
 from wrapper.core.report import IndexReport, Stages
 from wrapper.run.pipeline import index_image, v1_note
 from wrapper.run.session import Session, check_containerd
-from wrapper.soci.runner import check_soci, kill_running_soci
+from wrapper.soci.binary import check_soci
+from wrapper.soci.runner import kill_running_soci
 
 log = logging.getLogger("wrapper.run.batch")
 

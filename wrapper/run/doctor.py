@@ -12,7 +12,7 @@ from wrapper import __version__
 from wrapper.containerd.client import ContainerdClient
 from wrapper.containerd.daemon import containerd_binary_version
 from wrapper.core.errors import WrapperError
-from wrapper.soci.runner import SOCI_RELEASE, lookup_soci, soci_version
+from wrapper.soci.binary import SOCI_RELEASE, lookup_soci, soci_version
 from wrapper.system.binaries import Lookup, find
 
 

@@ -48,12 +48,13 @@ from wrapper.run.session import (
     run_directory,
     soci_in,
 )
+from wrapper.soci.binary import check_soci
 from wrapper.soci.existing import find_existing_indexes, prefetch_of_indexes, soci_artifact
 from wrapper.soci.indexing import Indexing
 from wrapper.soci.prebuild import Prebuilder, fast_pull_rate
 from wrapper.soci.pullmodes import V1_NOTE
 from wrapper.soci.reuse import DEFAULT_SPAN_SIZE, Reusable, find_reusable
-from wrapper.soci.runner import PushAuth, Soci, check_soci, unindexable_reason
+from wrapper.soci.runner import PushAuth, Soci, unindexable_reason
 
 log = logging.getLogger("wrapper.run.pipeline")
 

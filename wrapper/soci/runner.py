@@ -50,16 +50,9 @@ from wrapper.core.models import Platform
 from wrapper.core.report import EventSink, SociEvent
 from wrapper.core.util import one_line
 from wrapper.registry.dockerconfig import PrivateDockerConfig
-from wrapper.soci.binary import (
-    SOCI_RELEASE,
-    SUPPORTED_SERIES,
-    check_soci,
-    find_soci,
-    lookup_soci,
-    soci_version,
-)
-from wrapper.soci.failures import classify_failure, is_transient_failure, stderr_tail
-from wrapper.system.supervisor import Child, deliver_signal, supervisor
+from wrapper.soci.binary import soci_version
+from wrapper.soci.failures import classify_failure, stderr_tail
+from wrapper.system.supervisor import Child, supervisor
 
 log = logging.getLogger("wrapper.soci.runner")
 
@@ -80,21 +73,6 @@ _PUSH_LINE = re.compile(
     r"^(pushing soci index|pushing artifact|successfully pushed artifact|skipped artifact) with digest: "
     r"(sha256:[a-f0-9]{64})$"
 )
-
-# For those who import them from here: the CLI's signal handlers (wrapper.system.supervisor holds a signal
-# back while a child starts), the binary's lookup (wrapper.soci.binary), the failures (wrapper.soci.failures).
-__all__ = [
-    "SOCI_RELEASE",
-    "SUPPORTED_SERIES",
-    "check_soci",
-    "classify_failure",
-    "deliver_signal",
-    "find_soci",
-    "is_transient_failure",
-    "lookup_soci",
-    "soci_version",
-    "stderr_tail",
-]
 
 
 def kill_running_soci() -> None:

@@ -31,8 +31,8 @@ from wrapper.core.reference import Reference
 from wrapper.core.report import Stages
 from wrapper.registry.client import RegistryClient
 from wrapper.run.session import check_containerd, open_registry, run_directory, soci_in
+from wrapper.soci.binary import check_soci
 from wrapper.soci.pullmodes import DEFAULT_PULL_MODES
-from wrapper.soci.runner import check_soci
 from wrapper.soci.snapshotter import RegistryAccess, SnapshotterConfig, SnapshotterDaemon
 from wrapper.verify.consumer import Consumer, consumer_session, consumer_unavailable
 from wrapper.verify.content_checks import (
